@@ -1,0 +1,240 @@
+"""The one place that builds or loads a Wan text-to-video stack.
+
+``build_backbone(model_cfg)`` makes the stack from a named config (``configs/model/*.yaml``: tiny and random,
+or the official Wan 2.2 sizes on the meta device) or loads it from a local diffusers directory
+(``model.pretrained=PATH``). Everything downstream (training objectives, samplers, export) talks to the
+returned ``WanBackbone`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from transformers import UMT5Config, UMT5EncoderModel
+
+from wan2.backbones.tokenizer import build_tokenizer
+
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+
+
+class BackboneError(ValueError):
+    """A model config or a pretrained directory that cannot give a Wan stack."""
+
+
+@dataclass
+class WanBackbone:
+    """A diffusers Wan stack plus the few conventions the repo's samplers and trainers share."""
+
+    tokenizer: Any
+    text_encoder: UMT5EncoderModel | None
+    vae: AutoencoderKLWan | None
+    transformer: WanTransformer3DModel | None
+    scheduler: FlowMatchEulerDiscreteScheduler
+    transformer_2: WanTransformer3DModel | None = None
+    boundary_ratio: float | None = None
+    text_len: int = 512  # max_sequence_length used when encoding prompts (also at inference)
+    extra: dict = field(default_factory=dict)
+
+    # -- geometry ---------------------------------------------------------------------------------------
+    @property
+    def t_stride(self) -> int:
+        return int(self.vae.config.scale_factor_temporal)
+
+    @property
+    def s_stride(self) -> int:
+        return int(self.vae.config.scale_factor_spatial)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, F', H', W') of the latent of a clip, as WanPipeline.prepare_latents makes it."""
+        return (
+            self.latent_channels,
+            (num_frames - 1) // self.t_stride + 1,
+            height // self.s_stride,
+            width // self.s_stride,
+        )
+
+    # -- text -------------------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, padded to ``text_len`` exactly as WanPipeline does."""
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        out = self.tokenizer(
+            [prompt_clean(p) for p in prompts],
+            padding="max_length",
+            max_length=self.text_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return out.input_ids, out.attention_mask
+
+    def embed_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """UMT5 hidden states with padding positions zeroed: (B, text_len, text_dim), as WanPipeline."""
+        dev = next(self.text_encoder.parameters()).device
+        hidden = self.text_encoder(ids.to(dev), mask.to(dev)).last_hidden_state  # (B, L, D)
+        return hidden * mask.to(dev)[..., None].to(hidden.dtype)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return self.embed_tokens(*self.tokenize(prompts))
+
+    # -- video <-> normalised latents -------------------------------------------------------------------
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.vae.config.z_dim
+        mean = torch.tensor(self.vae.config.latents_mean, dtype=like.dtype, device=like.device)
+        std = torch.tensor(self.vae.config.latents_std, dtype=like.dtype, device=like.device)
+        return mean.view(1, c, 1, 1, 1), std.view(1, c, 1, 1, 1)
+
+    def encode_video(self, video: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1] -> normalised latents (B, C, F', H', W') the denoiser sees."""
+        dist = self.vae.encode(video).latent_dist
+        z = dist.sample() if sample else dist.mode()
+        mean, std = self._latent_stats(z)
+        return (z - mean) / std
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> video (B, 3, F, H, W) in [-1, 1], the inverse WanPipeline applies."""
+        mean, std = self._latent_stats(latents)
+        z = latents.to(self.vae.dtype) * std + mean
+        return self.vae.decode(z, return_dict=False)[0].clamp(-1, 1)
+
+    # -- diffusers --------------------------------------------------------------------------------------
+    def pipeline(self) -> WanPipeline:
+        """A stock WanPipeline over the same module objects (no copies)."""
+        return WanPipeline(
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            vae=self.vae,
+            scheduler=self.scheduler,
+            transformer=self.transformer,
+            transformer_2=self.transformer_2,
+            boundary_ratio=self.boundary_ratio,
+        )
+
+    def eval(self) -> WanBackbone:
+        for m in (self.text_encoder, self.vae, self.transformer, self.transformer_2):
+            if m is not None:
+                m.eval()
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def _as_dict(cfg) -> dict:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def build_backbone(model_cfg, components: tuple[str, ...] = COMPONENTS, device: str | None = None) -> WanBackbone:
+    """Build a stack from a model config (``configs/model/*.yaml``) or load ``model_cfg.pretrained``.
+
+    ``device="meta"`` builds the architecture without allocating weights (for parameter counts and plans).
+    """
+    cfg = _as_dict(model_cfg)
+    if cfg.get("pretrained"):
+        return load_backbone(cfg["pretrained"], text_len=cfg.get("text_len"))
+    ctx = torch.device("meta") if device == "meta" else contextlib.nullcontext()
+    text_len = int(cfg.get("text_len", 512))
+    tokenizer = build_tokenizer(text_len) if "tokenizer" in components else None
+    with ctx:
+        text_encoder = vae = transformer = transformer_2 = None
+        if "text_encoder" in components:
+            te = dict(cfg["text_encoder"])
+            if te.get("vocab_size") in (None, "auto"):
+                te["vocab_size"] = len(tokenizer) if tokenizer is not None else len(build_tokenizer())
+            text_encoder = UMT5EncoderModel(UMT5Config(**te))
+        if "vae" in components and not cfg.get("vae_pretrained"):
+            vae = AutoencoderKLWan(**cfg["vae"])
+        if "transformer" in components:
+            transformer = WanTransformer3DModel(**_transformer_kwargs(cfg["transformer"]))
+            if cfg.get("boundary_ratio") is not None:
+                transformer_2 = WanTransformer3DModel(**_transformer_kwargs(cfg["transformer"]))
+    if "vae" in components and cfg.get("vae_pretrained"):
+        vae = load_vae(cfg["vae_pretrained"])
+    scheduler = FlowMatchEulerDiscreteScheduler(**cfg.get("scheduler", {}))
+    bb = WanBackbone(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+        transformer_2=transformer_2,
+        boundary_ratio=cfg.get("boundary_ratio"),
+        text_len=text_len,
+    )
+    return bb
+
+
+def load_vae(path: str | Path) -> AutoencoderKLWan:
+    """A trained VAE from ``export/vae`` of a ``vae_tiny`` run (or any diffusers AutoencoderKLWan folder)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise BackboneError(f"model.vae_pretrained: {str(path)!r} has no config.json "
+                            "(run `python train.py experiment=vae_tiny` first)")
+    return AutoencoderKLWan.from_pretrained(str(path)).eval()
+
+
+def _transformer_kwargs(t: dict) -> dict:
+    t = dict(t)
+    t["patch_size"] = tuple(t.get("patch_size", (1, 2, 2)))
+    return t
+
+
+def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=None) -> WanBackbone:
+    """Load a stack from a local diffusers directory (a wan2 export or an official Wan 2.2 release)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BackboneError(f"model.pretrained: {str(path)!r} is not a directory")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise BackboneError(f"model.pretrained: {str(path)!r} has no model_index.json (not a diffusers export)")
+    kind = json.loads(index.read_text()).get("_class_name")
+    if kind != "WanPipeline":
+        raise BackboneError(f"model.pretrained: {str(path)!r} holds a {kind}, expected a WanPipeline")
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    pipe = WanPipeline.from_pretrained(str(path), **kwargs)
+    if text_len is None:
+        extra = _read_wan2_meta(path)
+        text_len = int(extra.get("text_len", 512))
+    return WanBackbone(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        transformer=pipe.transformer,
+        scheduler=pipe.scheduler,
+        transformer_2=pipe.transformer_2,
+        boundary_ratio=pipe.config.get("boundary_ratio"),
+        text_len=int(text_len),
+        extra=_read_wan2_meta(path),
+    ).eval()
+
+
+def _read_wan2_meta(path: Path) -> dict:
+    """``wan2.json`` written by wan2.export next to model_index.json (sampling defaults); {} for others."""
+    f = path / "wan2.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def count_parameters(module: torch.nn.Module | None, trainable_only: bool = False) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,44 @@
+"""Map-style datasets: RankJump clips generated on the fly, as video tensors, and their collate."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch.utils.data import Dataset
+
+from wan2.data.rankjump import RankJump, RankJumpConfig
+
+
+def frames_to_video(frames) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float (3, F, H, W) in [-1, 1]."""
+    x = torch.as_tensor(frames).float() / 127.5 - 1.0
+    return rearrange(x, "f h w c -> c f h w")
+
+
+def video_to_frames(video: torch.Tensor):
+    """float (3, F, H, W) in [-1, 1] -> uint8 numpy (F, H, W, 3)."""
+    x = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "c f h w -> f h w c").numpy()
+
+
+class RankJumpVideoDataset(Dataset):
+    """RankJump as training samples: ``{"video": (3, F, H, W) in [-1, 1], "caption": str, "meta": dict}``."""
+
+    def __init__(self, cfg: RankJumpConfig, split: str, size: int):
+        self.rj = RankJump(cfg, split, size)
+
+    def __len__(self) -> int:
+        return len(self.rj)
+
+    def __getitem__(self, i: int) -> dict:
+        clip = self.rj[i]
+        return {"video": frames_to_video(clip.frames), "caption": clip.caption, "meta": clip.meta}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors, keep strings and metadata as lists."""
+    out = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out

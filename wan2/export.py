@@ -1,0 +1,87 @@
+"""The one place that writes exports: diffusers-format directories and files, always atomically.
+
+A directory is written under a temporary sibling name and swapped in with ``os.replace``; a kill at any
+moment leaves either the previous export or the new one, never a half-written one under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)`` then move ``tmp_dir`` to ``target`` (replacing an older one)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def export_vae(vae, out_dir: str | Path) -> Path:
+    """A trained VAE alone, as ``AutoencoderKLWan.from_pretrained`` reads it."""
+    return atomic_dir(out_dir, lambda d: vae.save_pretrained(d, safe_serialization=True))
+
+
+def export_pipeline(backbone, out_dir: str | Path, sampling: dict | None = None) -> Path:
+    """A full WanPipeline (safetensors only) plus ``wan2.json`` with the call conventions of this model.
+
+    Stock ``diffusers.DiffusionPipeline.from_pretrained(out_dir)`` loads it; ``wan2.json`` records
+    ``text_len`` (pass it as ``max_sequence_length``) and the default steps / guidance / size.
+    """
+
+    def write(d: Path) -> None:
+        backbone.pipeline().save_pretrained(d, safe_serialization=True)
+        meta = {"text_len": backbone.text_len, **(sampling or {})}
+        (d / "wan2.json").write_text(json.dumps(meta, indent=2))
+        (d / "README.md").write_text(_model_card(backbone, meta))
+
+    return atomic_dir(out_dir, write)
+
+
+def _model_card(backbone, meta: dict) -> str:
+    t = backbone.vae.config.scale_factor_temporal
+    frames = meta.get("num_frames", 17)
+    return f"""# wan2 export
+
+Load with stock diffusers:
+
+```python
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(".")
+video = pipe("the green row climbs from #4 to #1", height={meta.get("height", 32)}, width={meta.get("width", 32)},
+             num_frames={frames}, num_inference_steps={meta.get("num_inference_steps", 25)},
+             guidance_scale={meta.get("guidance_scale", 5.0)}, max_sequence_length={backbone.text_len}).frames[0]
+```
+
+- `max_sequence_length={backbone.text_len}`: the prompt length this model was trained with.
+- The VAE compresses time by {t}: ask for `num_frames` = {t}k+1.
+"""

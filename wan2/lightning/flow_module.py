@@ -1,0 +1,169 @@
+"""Flow-matching training of the Wan transformer (pretraining or full fine-tuning).
+
+The math is in ``wan2.diffusion``; this module wires data, text conditioning (with caption dropout for CFG),
+EMA, validation by sampling held-out prompts and judging the motion, and the export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from wan2.backbones.stack import WanBackbone
+from wan2.diffusion import add_noise, bell_weight, sample_training_sigmas, velocity_target
+from wan2.lightning.ema import EMA
+
+
+class FlowMatchingModule(L.LightningModule):
+    """Rectified-flow objective: predict u = eps - x0 at z_t = (1 - t) x0 + t eps."""
+
+    def __init__(self, backbone: WanBackbone, lr: float = 3e-4, weight_decay: float = 0.01,
+                 betas: tuple[float, float] = (0.9, 0.99), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
+                 caption_dropout: float = 0.1, timesteps: dict | None = None, loss_weighting: str = "none",
+                 ema_decay: float = 0.999, train_text_encoder: bool = False, text_lr_scale: float = 1.0,
+                 sample: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.transformer = backbone.transformer
+        self.text_encoder = backbone.text_encoder
+        self.save_hyperparameters(ignore=["backbone"])
+        self.timestep_cfg = {"mode": "logit_normal", "shift": 1.0, **(timesteps or {})}
+        self.sample_cfg = {"num_inference_steps": 25, "guidance_scale": 5.0, "seed": 0, **(sample or {})}
+        self.backbone.vae.requires_grad_(False).eval()
+        self.text_encoder.requires_grad_(train_text_encoder)
+        self.text_encoder.train(train_text_encoder)
+        self.ema = EMA(self._trainable(), ema_decay) if ema_decay > 0 else None
+
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        named = {f"transformer.{n}": p for n, p in self.transformer.named_parameters() if p.requires_grad}
+        if self.hparams.train_text_encoder:
+            named |= {f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad}
+        return named
+
+    # -- conditioning ---------------------------------------------------------------------------------
+    def text_condition(self, batch) -> torch.Tensor:
+        """(B, L, D) prompt embeddings; a ``caption_dropout`` share of captions becomes "" (for CFG)."""
+        captions = list(batch["caption"])
+        drop = torch.rand(len(captions)) < self.hparams.caption_dropout if self.training else torch.zeros(len(captions), dtype=torch.bool)
+        if "text_emb" in batch and not self.hparams.train_text_encoder:
+            emb = batch["text_emb"]
+            if drop.any():
+                empty = self.backbone.encode_prompts([""]).to(emb)
+                emb = torch.where(drop.to(emb.device)[:, None, None], empty, emb)
+            return emb
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        ids, mask = self.backbone.tokenize(captions)
+        with torch.set_grad_enabled(self.hparams.train_text_encoder and self.training):
+            return self.backbone.embed_tokens(ids.to(self.device), mask.to(self.device))
+
+    def latents_of(self, batch) -> torch.Tensor:
+        if "latents" in batch:
+            return batch["latents"]
+        with torch.no_grad():
+            return self.backbone.encode_video(batch["video"])
+
+    # -- training -------------------------------------------------------------------------------------
+    def flow_loss(self, batch) -> torch.Tensor:
+        x0 = self.latents_of(batch).float()  # (B, C, F', H', W')
+        cond = self.text_condition(batch)
+        noise = torch.randn_like(x0)
+        sigma = sample_training_sigmas(x0.shape[0], **self.timestep_cfg).to(x0.device)  # (B,)
+        zt = add_noise(x0, noise, sigma)
+        pred = self.transformer(hidden_states=zt, timestep=sigma * 1000, encoder_hidden_states=cond,
+                                return_dict=False)[0]
+        per_sample = F.mse_loss(pred.float(), velocity_target(x0, noise), reduction="none").mean(dim=(1, 2, 3, 4))
+        if self.hparams.loss_weighting == "bell":
+            per_sample = per_sample * bell_weight(sigma.cpu()).to(per_sample)
+        return per_sample.mean()
+
+    def training_step(self, batch, batch_idx):
+        loss = self.flow_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update()
+
+    def configure_optimizers(self):
+        groups = [{"params": [p for p in self.transformer.parameters() if p.requires_grad]}]
+        if self.hparams.train_text_encoder:
+            groups.append({"params": list(self.text_encoder.parameters()),
+                           "lr": self.hparams.lr * self.hparams.text_lr_scale})
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000))
+        warm, floor = max(1, self.hparams.warmup_steps), self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to min_lr_ratio
+            import math
+
+            if step < warm:
+                return (step + 1) / warm
+            p = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+    # -- validation: sample held-out prompts, judge the motion ----------------------------------------
+    def ema_weights(self):
+        import contextlib
+
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], meta0: dict, seed: int) -> torch.Tensor:
+        from wan2.sampling import sample_videos
+
+        return sample_videos(self.backbone, captions, num_frames=meta0["num_frames"], height=meta0["height"],
+                             width=meta0["width"], num_inference_steps=self.sample_cfg["num_inference_steps"],
+                             guidance_scale=self.sample_cfg["guidance_scale"], seed=seed)
+
+    def validation_step(self, batch, batch_idx):
+        from wan2.lightning.judging import judge_batch
+
+        was = self.text_encoder.training
+        self.text_encoder.eval()
+        with self.ema_weights():
+            video = self.generate(batch["caption"], batch["meta"][0], seed=self.sample_cfg["seed"] + batch_idx)
+        self.text_encoder.train(was and self.hparams.train_text_encoder)
+        scores = judge_batch(video, batch["meta"])
+        self.log_dict({f"val/{k}": v for k, v in scores.items()}, batch_size=len(batch["caption"]))
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self._save_samples(video, batch["caption"], batch["meta"])
+
+    def _save_samples(self, video, captions, metas) -> None:
+        from wan2.lightning.judging import save_samples
+
+        out = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:06d}"
+        save_samples(video, captions, out, fps=metas[0].get("fps", 8))
+
+    # -- export -----------------------------------------------------------------------------------------
+    def export(self, out_dir: Path, datamodule=None) -> dict:
+        """Write the EMA weights as a stock WanPipeline export; return held-out accuracy of the export."""
+        from wan2.export import export_pipeline
+
+        rj = datamodule.rj_cfg if datamodule is not None else None
+        sampling = {
+            "num_inference_steps": self.sample_cfg["num_inference_steps"],
+            "guidance_scale": self.sample_cfg["guidance_scale"],
+        }
+        if rj is not None:
+            sampling |= {"num_frames": rj.num_frames, "height": rj.height, "width": rj.width, "fps": rj.fps,
+                         "rows": rj.rows}
+        self.backbone.eval()
+        with self.ema_weights():
+            export_pipeline(self.backbone, out_dir, sampling=sampling)
+        return {}

@@ -1,0 +1,50 @@
+"""The repo's own sampler: text -> latents -> video with the Euler flow sampler, step for step what stock
+``WanPipeline`` does (same noise, same sigma grid, same CFG), so exports reproduce it exactly."""
+
+from __future__ import annotations
+
+import torch
+
+from wan2.diffusion import euler_sample, inference_sigmas
+
+
+@torch.no_grad()
+def sample_latents(backbone, prompts: list[str], *, num_frames: int, height: int, width: int,
+                   num_inference_steps: int = 25, guidance_scale: float = 5.0, seed: int | None = 0,
+                   generator: torch.Generator | None = None, transformer=None, negative_prompt: str = "",
+                   prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised latents (B, C, F', H', W') for ``prompts``; one generator for the batch, as WanPipeline."""
+    transformer = transformer if transformer is not None else backbone.transformer
+    device = next(transformer.parameters()).device
+    dtype = next(transformer.parameters()).dtype
+    # 1. Encode prompts (and the negative prompt when guiding)
+    cond = prompt_embeds if prompt_embeds is not None else backbone.encode_prompts(prompts)
+    cond = cond.to(device, dtype)
+    uncond = None
+    if guidance_scale > 1.0:
+        uncond = backbone.encode_prompts([negative_prompt] * len(prompts)).to(device, dtype)
+    # 2. Initial noise, drawn like diffusers.utils.torch_utils.randn_tensor
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(seed if seed is not None else 0)
+    shape = (len(prompts), *backbone.latent_shape(num_frames, height, width))
+    z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    # 3. Timestep grid of the exported scheduler
+    sigmas = inference_sigmas(num_inference_steps, float(backbone.scheduler.config.shift),
+                              int(backbone.scheduler.config.num_train_timesteps))
+
+    def velocity(x, t):
+        return transformer(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=cond, return_dict=False)[0]
+
+    def velocity_uncond(x, t):
+        return transformer(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=uncond, return_dict=False)[0]
+
+    # 4. Denoising loop
+    return euler_sample(velocity, z, sigmas, uncond_velocity_fn=velocity_uncond if uncond is not None else None,
+                        guidance_scale=guidance_scale)
+
+
+@torch.no_grad()
+def sample_videos(backbone, prompts: list[str], **kwargs) -> torch.Tensor:
+    """Videos (B, 3, F, H, W) in [-1, 1]."""
+    latents = sample_latents(backbone, prompts, **kwargs)
+    return backbone.decode_latents(latents)

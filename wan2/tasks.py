@@ -1,0 +1,108 @@
+"""``train(cfg)``: Hydra config -> backbone, data, objective, Trainer -> run folder with checkpoints and export.
+
+Everything a run writes lives in ``cfg.paths.output_dir``; ``outputs/<name>/latest`` points at the newest
+finished run so that experiments chain (``lora_rankup`` reads ``outputs/pretrain_tiny/latest/export``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from wan2.backbones.stack import BackboneError, build_backbone
+from wan2.export import atomic_write_text
+
+log = logging.getLogger("wan2")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is allowed."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks before any model or data is built (one-line errors naming the key)."""
+    from wan2.config_check import check_train_config
+
+    check_train_config(cfg)
+
+
+def _link_latest(run_dir: Path) -> None:
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, latest)
+
+
+def _resolve_ckpt(ckpt_path, out_dir: Path):
+    if ckpt_path in (None, "", "none"):
+        return None
+    if ckpt_path == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)")
+    return ckpt_path
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
+    validate(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
+
+    backbone = build_backbone(cfg.model)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    if hasattr(datamodule, "bind_backbone"):
+        datamodule.bind_backbone(backbone)
+    module = hydra.utils.instantiate(cfg.objective, _partial_=True)(backbone=backbone)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        if hasattr(lg, "log_hyperparams"):
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), out_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+    metrics.update({"global_step": int(trainer.global_step), "train_seconds": round(time.time() - start, 1)})
+    if trainer.is_global_zero and not trainer.interrupted and cfg.get("export", {}).get("enabled", True):
+        metrics.update(module.export(out_dir / "export", datamodule=datamodule) or {})
+    if trainer.is_global_zero:
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        if not trainer.interrupted:
+            _link_latest(out_dir)
+        log.info("run folder: %s", out_dir)
+    return metrics
+
+
+def run_cli(fn, cfg: DictConfig):
+    """Call ``fn(cfg)``; a config or input error prints one line and exits 2 (no traceback)."""
+    from wan2.data.rankjump import __name__ as _  # noqa: F401  (import check)
+
+    try:
+        return fn(cfg)
+    except (ConfigError, BackboneError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+        except ImportError:  # pragma: no cover
+            pass
