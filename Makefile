@@ -1,0 +1,37 @@
+# wan2: `make demo` installs and runs the whole chain; `make test` installs and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export WANDB_MODE ?= offline
+
+.PHONY: install demo test test-slow bench lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(PY) scripts/demo.py $(if $(from_scratch),--from-scratch,)
+
+test: install
+	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist loadfile
+
+test-slow: install
+	$(VENV)/bin/pytest -q -m slow
+
+bench: install
+	$(PY) scripts/bench.py --out outputs/bench.json
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf outputs data/cache data/shards
