@@ -1,6 +1,8 @@
 """Train any wan2 experiment: ``python train.py experiment=NAME [overrides]`` (see configs/experiment/)."""
 
 import hydra
+
+import wan2.config_resolvers  # noqa: F401  (registers ${wan2.latest_export:...})
 from omegaconf import DictConfig
 
 

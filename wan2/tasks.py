@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import wan2.config_resolvers  # noqa: F401
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.export import atomic_write_text
 
@@ -83,6 +84,9 @@ def train(cfg: DictConfig) -> dict:
         metrics.update(module.export(out_dir / "export", datamodule=datamodule) or {})
     if trainer.is_global_zero:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        for lg in loggers:  # the same summary keys in W&B, so runs compare side by side
+            if hasattr(lg, "experiment") and hasattr(lg.experiment, "summary"):
+                lg.experiment.summary.update({f"final/{k}": v for k, v in metrics.items()})
         if not trainer.interrupted:
             _link_latest(out_dir)
         log.info("run folder: %s", out_dir)

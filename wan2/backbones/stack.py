@@ -39,6 +39,7 @@ class WanBackbone:
     transformer_2: WanTransformer3DModel | None = None
     boundary_ratio: float | None = None
     text_len: int = 512  # max_sequence_length used when encoding prompts (also at inference)
+    expand_timesteps: bool = False  # per-token timesteps, as WanPipeline(expand_timesteps=True) (Wan2.2 TI2V)
     extra: dict = field(default_factory=dict)
 
     # -- geometry ---------------------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class WanBackbone:
             transformer=self.transformer,
             transformer_2=self.transformer_2,
             boundary_ratio=self.boundary_ratio,
+            expand_timesteps=self.expand_timesteps,
         )
 
     def eval(self) -> WanBackbone:
@@ -180,6 +182,7 @@ def build_backbone(model_cfg, components: tuple[str, ...] = COMPONENTS, device: 
         transformer_2=transformer_2,
         boundary_ratio=cfg.get("boundary_ratio"),
         text_len=text_len,
+        expand_timesteps=bool(cfg.get("expand_timesteps", False)),
     )
     return bb
 
@@ -224,7 +227,8 @@ def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=Non
         transformer_2=pipe.transformer_2,
         boundary_ratio=pipe.config.get("boundary_ratio"),
         text_len=int(text_len),
-        extra=_read_wan2_meta(path),
+        expand_timesteps=bool(pipe.config.get("expand_timesteps", False)),
+        extra={**_read_wan2_meta(path), "source": str(path)},
     ).eval()
 
 

@@ -17,6 +17,16 @@ from wan2.diffusion import add_noise, bell_weight, sample_training_sigmas, veloc
 from wan2.lightning.ema import EMA
 
 
+def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step: int, limit: int = 8) -> None:
+    """Contact sheet and the first ``limit`` mp4s to every logger that takes images / videos (W&B)."""
+    for lg in loggers:
+        if hasattr(lg, "log_image"):
+            lg.log_image("samples/contact_sheet", [str(sample_dir / "contact_sheet.png")], step=step)
+        videos = sorted(sample_dir.glob("*.mp4"))[:limit]
+        if hasattr(lg, "log_video") and videos:
+            lg.log_video("samples/videos", [str(v) for v in videos], step=step, caption=captions[: len(videos)])
+
+
 class FlowMatchingModule(L.LightningModule):
     """Rectified-flow objective: predict u = eps - x0 at z_t = (1 - t) x0 + t eps."""
 
@@ -35,7 +45,11 @@ class FlowMatchingModule(L.LightningModule):
         self.backbone.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(train_text_encoder)
         self.text_encoder.train(train_text_encoder)
+        self.configure_trainable()
         self.ema = EMA(self._trainable(), ema_decay) if ema_decay > 0 else None
+
+    def configure_trainable(self) -> None:
+        """Hook: which transformer weights train (all here; adapters only in LoRAModule)."""
 
     def _trainable(self) -> dict[str, torch.nn.Parameter]:
         named = {f"transformer.{n}": p for n, p in self.transformer.named_parameters() if p.requires_grad}
@@ -149,6 +163,7 @@ class FlowMatchingModule(L.LightningModule):
 
         out = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:06d}"
         save_samples(video, captions, out, fps=metas[0].get("fps", 8))
+        log_samples_to_loggers(self.loggers, out, captions, self.global_step)
 
     # -- export -----------------------------------------------------------------------------------------
     def export(self, out_dir: Path, datamodule=None) -> dict:

@@ -1,0 +1,136 @@
+"""Step distillation: guidance distillation, then progressive halving N -> N/2 -> ... -> student_steps.
+
+Phases run back to back in one Trainer run (``global_step`` decides the phase):
+1. ``cfg``: the student (initialised from the base) learns the base's guided velocity at weight w on the
+   teacher's N-step grid, so it needs no CFG afterwards (one pass per step instead of two);
+2. ``pd N->N/2`` rounds: the teacher is a frozen copy of the student at the end of the previous phase; one
+   student Euler step on the stock diffusers N/2-step grid must land where two teacher steps land.
+The student's final grid is exactly ``FlowMatchEulerDiscreteScheduler.set_timesteps(student_steps)`` of the
+exported scheduler, so stock ``WanPipeline(num_inference_steps=4, guidance_scale=1.0)`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from wan2.diffusion import add_noise, inference_sigmas
+from wan2.diffusion.distill import guided_velocity, halving_schedule, two_step_target
+from wan2.lightning.flow_module import FlowMatchingModule
+
+
+@dataclass(frozen=True)
+class Phase:
+    kind: str  # "cfg" | "pd"
+    teacher_steps: int
+    student_steps: int
+    start: int  # first global step of the phase
+    end: int  # one past its last step
+
+
+class DistillModule(FlowMatchingModule):
+    """Guidance + progressive distillation of the transformer; the text encoder and VAE stay frozen."""
+
+    def __init__(self, backbone, teacher_steps: int = 32, student_steps: int = 4, guidance_scale: float = 5.0,
+                 cfg_steps: int = 300, round_steps: int = 300, **kwargs):
+        kwargs["train_text_encoder"] = False
+        kwargs.setdefault("ema_decay", 0.0)
+        super().__init__(backbone, **kwargs)
+        self.save_hyperparameters(ignore=["backbone"])
+        self.rounds = halving_schedule(teacher_steps, student_steps)
+        phases, start = [], 0
+        if cfg_steps > 0 and guidance_scale > 1.0:
+            phases.append(Phase("cfg", teacher_steps, teacher_steps, 0, cfg_steps))
+            start = cfg_steps
+        for n in self.rounds[1:]:
+            phases.append(Phase("pd", 2 * n, n, start, start + round_steps))
+            start += round_steps
+        self.phases = phases
+        self.total_steps = start
+        self.shift = float(backbone.scheduler.config.shift)
+        self.teacher = copy.deepcopy(self.transformer).requires_grad_(False).eval()  # the guided base
+        self._teacher_phase = 0
+        self._uncond = None
+
+    def phase_at(self, step: int) -> Phase:
+        for p in self.phases:
+            if step < p.end:
+                return p
+        return self.phases[-1]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        idx = self.phases.index(self.phase_at(self.global_step))
+        if idx != self._teacher_phase and self.phases[idx].kind == "pd":
+            # new round: the teacher is the student as it stands at the end of the previous phase
+            self.teacher.load_state_dict(self.transformer.state_dict())
+            self._teacher_phase = idx
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["distill"] = {"teacher_phase": self._teacher_phase}  # teacher weights: in state_dict
+
+    def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
+        if "distill" in checkpoint:
+            self._teacher_phase = checkpoint["distill"]["teacher_phase"]
+
+    def _uncond_emb(self, like: torch.Tensor) -> torch.Tensor:
+        if self._uncond is None:
+            with torch.no_grad():
+                self._uncond = self.backbone.encode_prompts([""]).to(like)
+        return self._uncond.expand(like.shape[0], -1, -1)
+
+    def _v(self, model, z, sigma, emb):
+        return model(hidden_states=z, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0].float()
+
+    def distill_loss(self, batch) -> tuple[torch.Tensor, Phase]:
+        phase = self.phase_at(self.global_step)
+        x0 = self.latents_of(batch).float()  # (B, C, F', H', W')
+        cond = self.text_condition_frozen(batch)
+        B = x0.shape[0]
+        grid = inference_sigmas(phase.student_steps, self.shift).to(x0.device)  # (n + 1,)
+        i = torch.randint(0, phase.student_steps, (B,), device=x0.device)
+        t, t_next = grid[i], grid[i + 1]  # (B,)
+        z = add_noise(x0, torch.randn_like(x0), t)
+        with torch.no_grad():
+            if phase.kind == "cfg":
+                uncond = self._uncond_emb(cond)
+                target = guided_velocity(self._v(self.teacher, z, t, cond), self._v(self.teacher, z, t, uncond),
+                                         self.hparams.guidance_scale)
+            else:
+                target = two_step_target(z, t, (t + t_next) / 2, t_next,
+                                         lambda zz, s: self._v(self.teacher, zz, s, cond))
+        pred = self._v(self.transformer, z, t, cond)
+        return F.mse_loss(pred, target), phase
+
+    def text_condition_frozen(self, batch) -> torch.Tensor:
+        if "text_emb" in batch:
+            return batch["text_emb"]
+        with torch.no_grad():
+            return self.backbone.encode_prompts(list(batch["caption"]))
+
+    def training_step(self, batch, batch_idx):
+        loss, phase = self.distill_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        self.log("train/student_steps", float(phase.student_steps), prog_bar=True, batch_size=len(batch["caption"]))
+        return loss
+
+    @torch.no_grad()
+    def generate(self, captions, meta0, seed):
+        """Validation samples at the current student's step count, without guidance (after the cfg phase)."""
+        from wan2.sampling import sample_videos
+
+        phase = self.phase_at(max(0, self.global_step - 1))
+        guided = phase.kind == "cfg" and self.global_step == 0
+        return sample_videos(self.backbone, captions, num_frames=meta0["num_frames"], height=meta0["height"],
+                             width=meta0["width"], num_inference_steps=phase.student_steps,
+                             guidance_scale=self.hparams.guidance_scale if guided else 1.0, seed=seed)
+
+    def export(self, out_dir, datamodule=None) -> dict:
+        """The student as a full pipeline whose wan2.json says: student_steps, guidance 1.0."""
+        self.sample_cfg = {**self.sample_cfg, "num_inference_steps": self.hparams.student_steps,
+                           "guidance_scale": 1.0}
+        return super().export(out_dir, datamodule)
