@@ -19,6 +19,7 @@ def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; exports are meant to be shared
     try:
         write(tmp)
         old = None
@@ -38,6 +39,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
