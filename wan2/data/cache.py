@@ -25,12 +25,22 @@ class StaleCacheError(ValueError):
     """The cache was made by a different encoder (or different data) than the one asked for."""
 
 
+# Config entries that say where or how a module was loaded, not what it computes.
+_CONFIG_IGNORE = {"architectures", "dtype", "torch_dtype", "transformers_version"}
+
+
 def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over the module's config and every weight's bytes: changes when anything that encodes changes."""
+    """sha256 over the module's config and every weight's bytes: changes when anything that encodes changes.
+
+    Bookkeeping entries (``_name_or_path``, versions, dtype) are left out, so the same weights loaded from
+    another path give the same fingerprint.
+    """
     h = hashlib.sha256()
     cfg = getattr(module, "config", None)
     if cfg is not None:
-        h.update(json.dumps(dict(cfg), sort_keys=True, default=str).encode())
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)  # transformers / diffusers config
+        cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in _CONFIG_IGNORE}
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
@@ -45,23 +55,31 @@ def content_hash(video: torch.Tensor, caption: str) -> str:
 
 @torch.no_grad()
 def build_latent_cache(backbone, dataset: Dataset, out_dir: str | Path, *, batch_size: int = 16,
-                       with_text: bool = False, desc: str = "encoding latents") -> Path:
-    """Encode every sample of ``dataset`` (items with ``video``, ``caption``, ``meta``) into ``out_dir``."""
+                       with_text: bool = False, desc: str = "encoding latents", info: dict | None = None) -> Path:
+    """Encode every sample of ``dataset`` (items with ``video``, ``caption``, ``meta``) into ``out_dir``.
+
+    ``dataset`` may be map-style or iterable (e.g. ``shard_dataset``); ``info`` (JSON) describes the data.
+    """
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     backbone.vae.eval()
+    param = next(backbone.vae.parameters())
     lat, txt, keys, captions, metas = [], [], [], [], []
     for batch in tqdm(loader, desc=desc, unit="batch"):
-        lat.append(backbone.encode_video(batch["video"]).float())  # (B, C, F', H', W')
+        video = batch["video"].to(param.device, param.dtype)  # (B, 3, F, H, W)
+        lat.append(backbone.encode_video(video).float().cpu())  # (B, C, F', H', W')
         if with_text:
             backbone.text_encoder.eval()
-            txt.append(backbone.encode_prompts(batch["caption"]).float())  # (B, L, D)
+            txt.append(backbone.encode_prompts(batch["caption"]).float().cpu())  # (B, L, D)
         keys += [content_hash(v, c) for v, c in zip(batch["video"], batch["caption"])]
         captions += batch["caption"]
         metas += batch["meta"]
+    if not keys:
+        raise ValueError(f"data.cache: no samples to encode into {str(out_dir)!r}")
     index = {
         "vae": module_fingerprint(backbone.vae),
         "text_encoder": module_fingerprint(backbone.text_encoder) if with_text else None,
         "text_len": backbone.text_len,
+        "info": info,
         "keys": keys,
         "captions": captions,
         "meta": metas,
@@ -74,6 +92,23 @@ def build_latent_cache(backbone, dataset: Dataset, out_dir: str | Path, *, batch
         (d / "index.json").write_text(json.dumps(index))
 
     return atomic_dir(out_dir, write)
+
+
+def cache_mismatch(cache_dir: str | Path, backbone, *, with_text: bool = False, info: dict | None = None) -> str | None:
+    """None when ``cache_dir`` holds a complete cache of these encoders (and this ``info``), else why not."""
+    index_file = Path(cache_dir) / "index.json"
+    if not index_file.is_file():
+        return "no cache"
+    index = json.loads(index_file.read_text())
+    if index.get("vae") != module_fingerprint(backbone.vae):
+        return f"made by VAE {index.get('vae')}, not {module_fingerprint(backbone.vae)}"
+    if with_text:
+        want = module_fingerprint(backbone.text_encoder)
+        if index.get("text_encoder") != want or index.get("text_len") != backbone.text_len:
+            return f"text embeddings from {index.get('text_encoder')} (len {index.get('text_len')}), not {want}"
+    if info is not None and index.get("info") != json.loads(json.dumps(info)):
+        return "made from different data"
+    return None
 
 
 class LatentCacheDataset(Dataset):
