@@ -32,13 +32,30 @@ def sample_latents(backbone, prompts: list[str], *, num_frames: int, height: int
     sigmas = inference_sigmas(num_inference_steps, float(backbone.scheduler.config.shift),
                               int(backbone.scheduler.config.num_train_timesteps))
 
+    # 4. Expert per step (Wan2.2 A14B: `transformer` at t >= boundary, `transformer_2` below) and the
+    #    timestep layout (per token with expand_timesteps, as the Wan2.2 TI2V pipeline)
+    boundary = None
+    if backbone.transformer_2 is not None and backbone.boundary_ratio is not None:
+        boundary = backbone.boundary_ratio * int(backbone.scheduler.config.num_train_timesteps)
+
+    def model_at(t):
+        return backbone.transformer_2 if boundary is not None and t[0] < boundary else transformer
+
+    def timestep(x, t):
+        if not backbone.expand_timesteps:
+            return t
+        tokens = x[0, 0][:, ::2, ::2].numel()  # F' * H'/2 * W'/2, as WanPipeline builds it
+        return t[:, None].expand(x.shape[0], tokens)
+
     def velocity(x, t):
-        return transformer(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=cond, return_dict=False)[0]
+        return model_at(t)(hidden_states=x.to(dtype), timestep=timestep(x, t), encoder_hidden_states=cond,
+                           return_dict=False)[0]
 
     def velocity_uncond(x, t):
-        return transformer(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=uncond, return_dict=False)[0]
+        return model_at(t)(hidden_states=x.to(dtype), timestep=timestep(x, t), encoder_hidden_states=uncond,
+                           return_dict=False)[0]
 
-    # 4. Denoising loop
+    # 5. Denoising loop
     return euler_sample(velocity, z, sigmas, uncond_velocity_fn=velocity_uncond if uncond is not None else None,
                         guidance_scale=guidance_scale)
 
