@@ -7,9 +7,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 
-def _err(msg: str):
-    from wan2.tasks import ConfigError
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is allowed."""
 
+
+def _err(msg: str):
     raise ConfigError(msg)
 
 

@@ -20,13 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import wan2.config_resolvers  # noqa: F401
 from wan2.backbones.stack import BackboneError, build_backbone
+from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.export import atomic_write_text
 
 log = logging.getLogger("wan2")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what is allowed."""
 
 
 def validate(cfg: DictConfig) -> None:
