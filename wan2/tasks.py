@@ -62,10 +62,11 @@ def train(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
 
     backbone = build_backbone(cfg.model)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    # _convert_="all": plain dicts / lists in hyperparameters, so checkpoints load with weights_only=True
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     if hasattr(datamodule, "bind_backbone"):
         datamodule.bind_backbone(backbone)
-    module = hydra.utils.instantiate(cfg.objective, _partial_=True)(backbone=backbone)
+    module = hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(backbone=backbone)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from wan2.data.datasets import RankJumpVideoDataset, collate
 from wan2.data.rankjump import RankJumpConfig
@@ -16,6 +19,18 @@ def rankjump_config(spec: dict | None) -> RankJumpConfig:
     if "mix" in spec:
         spec["mix"] = dict(spec["mix"])
     return RankJumpConfig(**spec)
+
+
+class EpochShuffle(RandomSampler):
+    """Shuffle seeded by (seed, epoch) via Lightning's ``set_epoch``: the data order survives a resume."""
+
+    def __init__(self, data_source, seed: int = 0):
+        super().__init__(data_source)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
 
 
 class RankJumpDataModule(L.LightningDataModule):
@@ -36,7 +51,9 @@ class RankJumpDataModule(L.LightningDataModule):
         self.val_set = RankJumpVideoDataset(self.rj_cfg, self.hparams.val_split, self.hparams.num_val)
 
     def train_dataloader(self):
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=collate,
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's seed, as Lightning's DDP sampler
+        sampler = EpochShuffle(self.train_set, seed)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=self.hparams.num_workers, drop_last=True,
                           persistent_workers=self.hparams.num_workers > 0)
 

@@ -98,8 +98,9 @@ class FlowMatchingModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema is not None:
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # here, not in on_train_batch_end: checkpoint callbacks run before that hook
             self.ema.update()
 
     def configure_optimizers(self):
@@ -126,10 +127,19 @@ class FlowMatchingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
+        # noise, timesteps and caption dropout continue exactly after a resume
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint):
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
+        rng = checkpoint.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     # -- validation: sample held-out prompts, judge the motion ----------------------------------------
     def ema_weights(self):
