@@ -93,12 +93,13 @@ class LatentDataModule(RankJumpDataModule):
         return Path(self.hparams.cache_dir) / f"rankjump-train-{data_key}-vae{module_fingerprint(self.backbone.vae)}"
 
     def prepare_data(self) -> None:
-        from wan2.data.cache import build_latent_cache
+        from wan2.data.cache import build_latent_cache, cache_mismatch
 
         if self.backbone is None:
             raise RuntimeError("LatentDataModule needs bind_backbone(backbone) before use")
         path = self.cache_path()
-        if not (path / "index.json").is_file():
+        # (re)build when missing or unusable, e.g. text embeddings wanted but a latents-only cache is there
+        if cache_mismatch(path, self.backbone, with_text=self.hparams.cache_text) is not None:
             ds = RankJumpVideoDataset(self.rj_cfg, "train", self.hparams.num_train)
             build_latent_cache(self.backbone, ds, path, with_text=self.hparams.cache_text)
 

@@ -55,6 +55,22 @@ class VAEModule(L.LightningModule):
         out = self._losses(batch["video"])
         out["traj_acc"], out["colour_acc"] = self.reader_accuracy(batch)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=len(batch["video"]), sync_dist=True)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self._save_samples(batch)
+
+    @torch.no_grad()
+    def _save_samples(self, batch, n: int = 4) -> None:
+        """``samples/step_N``: clips and their reconstructions (contact sheet rows: originals, then recons)."""
+        from pathlib import Path
+
+        from wan2.lightning.judging import save_samples
+
+        video = batch["video"][:n]
+        recon = self.vae.decode(self.vae.encode(video).latent_dist.mode(), return_dict=False)[0].clamp(-1, 1)
+        caps = batch["caption"][:n]
+        captions = [f"original: {c}" for c in caps] + [f"reconstruction: {c}" for c in caps]
+        out = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:06d}"
+        save_samples(torch.cat([video, recon]), captions, out, fps=batch["meta"][0].get("fps", 8))
 
     @torch.no_grad()
     def reader_accuracy(self, batch) -> tuple[float, float]:
