@@ -1,0 +1,269 @@
+"""Generation API: a thin layer over the stock diffusers ``WanPipeline`` of a wan2 export or a Wan 2.2 release.
+
+    model = Wan2T2V.from_pretrained("outputs/pretrain_tiny/latest/export")
+    video = model.generate("the green row climbs from #3 to #2", seed=0)
+    save_video(video, "rank_up.mp4")
+
+Defaults (frames, size, fps, steps, guidance) come from the export's ``wan2.json``; the denoising is the
+pipeline's own (``wan2.sampling`` reproduces it step for step). Never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wan2.backbones.stack import WanBackbone, load_backbone
+from wan2.data.video import save_gif, write_mp4
+from wan2.lora.adapters import WEIGHT_NAME, check_lora_file
+from wan2.rollout import assign_variant  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
+
+# Stock WanPipeline defaults, used for a directory without wan2.json (an official Wan 2.2 release).
+PIPELINE_DEFAULTS = {
+    "num_frames": 81,
+    "height": 480,
+    "width": 832,
+    "fps": 16,
+    "num_inference_steps": 50,
+    "guidance_scale": 5.0,
+}
+DTYPES = {None: None, "bf16": torch.bfloat16, "fp32": torch.float32}
+FAST_MIN_SIDE = 256  # the fast profile only shrinks frames whose short side is above this
+
+
+@dataclass
+class GeneratedVideo:
+    """One generated clip: uint8 frames (F, H, W, 3) and how they were made."""
+
+    frames: np.ndarray
+    fps: float
+    prompt: str
+    seed: int
+    seconds: float  # wall-clock generation time (a batch's time divided by its size)
+    steps: int
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def duration(self) -> float:
+        """Playback length in seconds."""
+        return self.num_frames / self.fps
+
+
+def save_video(video: GeneratedVideo, path: str | Path, pix_fmt: str = "yuv444p") -> Path:
+    """Write an mp4 (or a GIF when ``path`` ends in .gif) atomically: a temp name, then ``os.replace``."""
+    path = Path(path)
+    frames = np.asarray(video.frames)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames: expected uint8 0..255, got {frames.dtype} (scale floats in [0, 1] by 255)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix.lower() == ".gif":
+            save_gif(frames, tmp, video.fps)
+        else:
+            write_mp4(frames, tmp, video.fps, pix_fmt=pix_fmt)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class Wan2T2V:
+    """Text-to-video generation with a wan2 export or a Wan 2.2 diffusers directory (optionally with LoRAs)."""
+
+    def __init__(self, backbone: WanBackbone, device: str = "cpu"):
+        self.backbone = backbone
+        self.device = device
+        self.pipe = backbone.pipeline().to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.defaults = {k: backbone.extra.get(k, v) for k, v in PIPELINE_DEFAULTS.items()}
+        self.rows = int(backbone.extra.get("rows", 5))
+        self.lora_names: list[str] = []
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: str | None = None,
+        lora: str | Path | list | None = None,
+        lora_scales=None,
+    ) -> Wan2T2V:
+        """Load ``path`` (a diffusers WanPipeline folder); ``lora``: one or more LoRA files or folders."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: {dtype!r} is not one of {list(DTYPES)}")
+        backbone = load_backbone(path, torch_dtype=DTYPES[dtype])
+        if backbone.vae is not None and backbone.vae.dtype != torch.float32:
+            backbone.vae.to(torch.float32)  # decode in fp32, as the Wan 2.2 model cards advise
+        model = cls(backbone, device=device)
+        if lora:
+            model.load_loras(lora if isinstance(lora, (list, tuple)) else [lora], lora_scales)
+        return model
+
+    # -- LoRA -------------------------------------------------------------------------------------------
+    def load_loras(self, paths: list, scales=None) -> None:
+        """Check every file first (one-line ``LoraFileError``), then load each as adapter ``lora_N``."""
+        files = []
+        for p in paths:
+            p = Path(p)
+            f = p / WEIGHT_NAME if p.is_dir() else p
+            check_lora_file(f, self.backbone.transformer)
+            files.append(f)
+        for f in files:
+            name = f"lora_{len(self.lora_names)}"
+            self.pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
+            self.lora_names.append(name)
+        self.set_lora_scales(1.0 if scales is None else scales)
+
+    def set_lora_scales(self, scales) -> None:
+        """One scale for every adapter, or one per adapter (list, or dict name -> scale); 0 gives the base."""
+        if not self.lora_names:
+            raise ValueError("lora_scales: no LoRA is loaded")
+        if isinstance(scales, dict):
+            weights = [float(scales.get(n, 1.0)) for n in self.lora_names]
+        elif isinstance(scales, (list, tuple)):
+            if len(scales) != len(self.lora_names):
+                raise ValueError(f"lora_scales: {len(scales)} scales for {len(self.lora_names)} LoRAs")
+            weights = [float(s) for s in scales]
+        else:
+            weights = [float(scales)] * len(self.lora_names)
+        self.pipe.set_adapters(self.lora_names, weights)
+
+    # -- geometry ---------------------------------------------------------------------------------------
+    def valid_num_frames(self, n: float) -> int:
+        """The nearest frame count the VAE can make: t*k + 1 for its temporal stride t."""
+        t = self.backbone.t_stride
+        return t * max(0, math.floor((n - 1) / t + 0.5)) + 1  # ties go up
+
+    def _size_multiple(self) -> int:
+        return self.backbone.s_stride * int(self.backbone.transformer.config.patch_size[1])
+
+    def profile(self, name: str) -> dict:
+        """``generate`` keyword defaults: "standard" = wan2.json; "fast" = half the steps and frames, and
+        two thirds of the size where the short side is above 256 px (the tiny models keep their 32x32)."""
+        d = self.defaults
+        if name == "standard":
+            return {
+                k: d[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale")
+            }
+        if name != "fast":
+            raise ValueError(f"profile: {name!r} is not one of ['fast', 'standard']")
+        steps = int(d["num_inference_steps"])
+        t = self.backbone.t_stride
+        h, w = int(d["height"]), int(d["width"])
+        if min(h, w) > FAST_MIN_SIDE:
+            m = self._size_multiple()
+            h, w = max(m, h * 2 // 3 // m * m), max(m, w * 2 // 3 // m * m)
+        return {
+            "num_frames": t * max(1, math.floor((int(d["num_frames"]) - 1) / t / 2 + 0.5)) + 1,
+            "height": h,
+            "width": w,
+            "num_inference_steps": max(min(steps, 2), steps // 2),
+            "guidance_scale": d["guidance_scale"],
+        }
+
+    def _resolve_frames(self, num_frames, fps, duration) -> int:
+        if duration is not None:
+            if num_frames is not None:
+                raise ValueError("duration: give num_frames or fps + duration, not both")
+            if duration <= 0:
+                raise ValueError(f"duration: {duration} is not positive")
+            wanted = fps * duration
+            n = self.valid_num_frames(wanted)
+            if n != wanted:
+                log.info(
+                    "num_frames: %g s at %g fps = %g frames, rounded to %d (t*k+1 for the VAE's stride t=%d)",
+                    duration,
+                    fps,
+                    wanted,
+                    n,
+                    self.backbone.t_stride,
+                )
+            return n
+        n = int(self.defaults["num_frames"] if num_frames is None else num_frames)
+        t = self.backbone.t_stride
+        if n < 1 or (n - 1) % t:
+            near = sorted({max(1, (n - 1) // t * t + 1), (n - 1) // t * t + 1 + t})
+            raise ValueError(f"num_frames: {n} is not t*k+1 for the VAE's stride t={t} (try {near})")
+        return n
+
+    # -- generation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | list[str],
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        fps: float | None = None,
+        duration: float | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        seed: int | list[int] = 0,
+        negative_prompt: str = "",
+    ) -> GeneratedVideo | list[GeneratedVideo]:
+        """One video for a string, a list for a list of prompts (video i is what ``prompts[i]`` alone with
+        ``seed + i`` gives). Unset arguments come from the export's wan2.json."""
+        d = self.defaults
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("prompt: empty list")
+        seeds = (
+            list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(len(prompts))]
+        )
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seed: {len(seeds)} seeds for {len(prompts)} prompts")
+        fps = float(d["fps"] if fps is None else fps)
+        num_frames = self._resolve_frames(num_frames, fps, duration)
+        height = int(d["height"] if height is None else height)
+        width = int(d["width"] if width is None else width)
+        m = self._size_multiple()
+        if height % m or width % m or height < m or width < m:
+            raise ValueError(
+                f"height/width: {height}x{width} must be positive multiples of {m} for this model"
+            )
+        steps = int(d["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
+        guidance = float(d["guidance_scale"] if guidance_scale is None else guidance_scale)
+        # The stock pipeline replaces any count with `num_frames % t != 1` by (n // t) * t + 1: with t = 1
+        # every count gains a frame. Ask for n - 1 there so the pipeline lands on n.
+        t = self.backbone.t_stride
+        ask = num_frames - 1 if t == 1 and num_frames > 1 else num_frames
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        start = time.perf_counter()
+        out = self.pipe(
+            prompt=prompts,
+            negative_prompt=negative_prompt,
+            num_frames=ask,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators[0] if len(generators) == 1 else generators,
+            max_sequence_length=self.backbone.text_len,
+            output_type="np",
+        ).frames  # float (B, F, H, W, 3) in [0, 1]
+        seconds = (time.perf_counter() - start) / len(prompts)
+        frames = (np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        if frames.shape[1] != num_frames:
+            raise RuntimeError(f"num_frames: asked {num_frames}, the pipeline made {frames.shape[1]}")
+        videos = [
+            GeneratedVideo(frames=frames[i], fps=fps, prompt=p, seed=seeds[i], seconds=seconds, steps=steps)
+            for i, p in enumerate(prompts)
+        ]
+        return videos[0] if isinstance(prompt, str) else videos
