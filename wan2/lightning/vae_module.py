@@ -25,10 +25,14 @@ class VAEModule(L.LightningModule):
     """Reconstruction (weighted L1 + MSE) plus a small KL on the diagonal Gaussian posterior."""
 
     def __init__(self, backbone: WanBackbone, lr: float = 1e-3, weight_decay: float = 0.0, kl_weight: float = 1e-6,
-                 highlight_boost: float = 8.0, first_frame_weight: float = 3.0, warmup_steps: int = 20):
+                 highlight_boost: float = 8.0, first_frame_weight: float = 3.0, warmup_steps: int = 20,
+                 freeze_encoder: bool = False):
         super().__init__()
         self.backbone = backbone
         self.vae = backbone.vae
+        if freeze_encoder:  # decoder-only fine-tuning keeps the latent space (and every cache / base on it)
+            for m in (self.vae.encoder, self.vae.quant_conv):
+                m.requires_grad_(False)
         self.save_hyperparameters(ignore=["backbone"])
 
     def forward(self, video: torch.Tensor):
@@ -88,12 +92,13 @@ class VAEModule(L.LightningModule):
         """Fit the latent statistics on training clips, then write ``export/vae`` (diffusers format)."""
         from wan2.export import export_vae
 
-        self.fit_latent_stats(datamodule.train_dataloader())
+        if not self.hparams.freeze_encoder:  # a frozen encoder keeps the statistics the base was trained on
+            self.fit_latent_stats(datamodule.train_dataloader())
         export_vae(self.vae, out_dir / "vae")
         return {}
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.vae.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW([p for p in self.vae.parameters() if p.requires_grad], lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         warm = max(1, self.hparams.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
