@@ -114,6 +114,8 @@ def test_export_has_only_safetensors_weights(exported):
         assert list((path / sub).glob("*.safetensors")), sub
     assert (path / "model_index.json").is_file() and (path / "tokenizer" / "tokenizer.json").is_file()
     assert json.loads((path / "wan2.json").read_text())["text_len"] == bb.text_len
+    unreadable = [str(p) for p in path.rglob("*") if not p.stat().st_mode & 0o004]
+    assert not unreadable, f"exports must be readable by others: {unreadable}"
 
 
 def snapshot(path: Path) -> dict:

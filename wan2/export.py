@@ -22,6 +22,7 @@ def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; exports are meant to be shared
     try:
         write(tmp)
+        _share(tmp)
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -33,6 +34,12 @@ def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _share(root: Path) -> None:
+    """Make an export readable by everyone (some writers leave 0600 temp files behind)."""
+    for p in root.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
