@@ -55,7 +55,12 @@ def lora_config(rank: int = 16, alpha: float | None = None, dropout: float = 0.0
 def add_lora(transformer, config: LoraConfig, adapter_name: str = "default") -> int:
     """Freeze the transformer, add the adapter; returns the number of trainable parameters."""
     transformer.requires_grad_(False)
-    transformer.add_adapter(config, adapter_name=adapter_name)
+    try:
+        transformer.add_adapter(config, adapter_name=adapter_name)
+    except ValueError as err:
+        if "not found in the base model" not in str(err):
+            raise
+        raise ValueError(f"lora.targets: {config.target_modules!r} matches no module of the transformer") from None
     n = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     if n == 0:
         raise ValueError(f"lora.targets: {config.target_modules!r} matches no module of the transformer")
