@@ -1,0 +1,100 @@
+"""Step distillation: a progressive round makes the N/2-step student closer to the N-step teacher than the
+teacher's own N/2-step sampling; the student grid is stock diffusers'; bad schedules are one-line errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from wan2.diffusion import inference_sigmas
+from wan2.diffusion.distill import guided_velocity, halving_schedule, two_step_target
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "pretrained" / "wan_tiny_base"
+
+
+@pytest.mark.parametrize("steps", [4, 8, 25, 50])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
+def test_student_grid_is_the_stock_scheduler_grid(steps, shift):
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    sched.set_timesteps(steps)
+    assert torch.allclose(inference_sigmas(steps, shift).float(), sched.sigmas.float(), atol=1e-6)
+
+
+def test_halving_schedule_and_its_errors():
+    assert halving_schedule(32, 4) == [32, 16, 8, 4]
+    assert halving_schedule(4, 4) == [4]
+    with pytest.raises(ValueError, match=r"^distill\.teacher_steps=24 does not halve down to distill\.student_steps=4"):
+        halving_schedule(24, 4)
+    with pytest.raises(ValueError, match=r"^distill\.teacher_steps=2 must be >="):
+        halving_schedule(2, 4)
+
+
+def test_two_step_target_lands_where_two_teacher_steps_land():
+    torch.manual_seed(0)
+    z = torch.randn(3, 4, 2, 4, 4)
+    t, mid, nxt = torch.tensor([0.9, 0.6, 0.3]), torch.tensor([0.7, 0.45, 0.1]), torch.tensor([0.5, 0.3, 0.0])
+
+    def teacher(x, s):  # a non-linear velocity field
+        return torch.tanh(x) * s.view(-1, 1, 1, 1, 1) + 0.1
+
+    u = two_step_target(z, t, mid, nxt, teacher)
+    one = z + (nxt - t).view(-1, 1, 1, 1, 1) * u
+    z1 = z + (mid - t).view(-1, 1, 1, 1, 1) * teacher(z, t)
+    two = z1 + (nxt - mid).view(-1, 1, 1, 1, 1) * teacher(z1, mid)
+    assert torch.allclose(one, two, atol=1e-5)
+    c, un = torch.randn(2, 3), torch.randn(2, 3)
+    assert torch.allclose(guided_velocity(c, un, 1.0), c)
+    assert torch.allclose(guided_velocity(c, un, torch.tensor([1.0, 3.0]))[1], un[1] + 3 * (c[1] - un[1]))
+
+
+@pytest.fixture(scope="module")
+def round_4_to_2():
+    """One progressive round 4 -> 2 on the shipped tiny base (no guidance phase), trained for 120 steps."""
+    if not BASE.exists():
+        pytest.skip(f"no shipped base at {BASE}")
+    from wan2.backbones.stack import load_backbone
+    from wan2.data.rankjump import RankJump, RankJumpConfig
+    from wan2.data.video import frames_to_tensor
+    from wan2.lightning.distill_module import DistillModule
+
+    torch.manual_seed(0)
+    bb = load_backbone(BASE)
+    module = DistillModule(bb, teacher_steps=4, student_steps=2, guidance_scale=1.0, cfg_steps=0, round_steps=120,
+                           lr=1e-4, warmup_steps=0)
+    assert [(p.kind, p.teacher_steps, p.student_steps) for p in module.phases] == [("pd", 4, 2)]
+    cfg = RankJumpConfig(mix={"rank_up": 1, "rank_down": 1, "hold": 1, "first_entry": 1})
+    clips = [RankJump(cfg, "train", 32)[i] for i in range(32)]
+    with torch.no_grad():
+        video = torch.stack([frames_to_tensor(c.frames) for c in clips])  # (32, 3, F, H, W)
+        latents = bb.encode_video(video)  # (32, C, F', H', W')
+        emb = bb.encode_prompts([c.caption for c in clips])
+    opt = torch.optim.AdamW(module.transformer.parameters(), lr=1e-4, weight_decay=0.0)
+    module.transformer.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        idx = torch.randint(0, 32, (8,), generator=gen)
+        batch = {"latents": latents[idx], "text_emb": emb[idx], "caption": [clips[i].caption for i in idx]}
+        loss, _ = module.distill_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.transformer.eval()
+    return bb, module, [c.caption for c in clips[:8]]
+
+
+def test_progressive_round_beats_the_teacher_at_half_the_steps(round_4_to_2):
+    from wan2.sampling import sample_latents
+
+    bb, module, prompts = round_4_to_2
+    kw = {"num_frames": 17, "height": 32, "width": 32, "guidance_scale": 1.0, "seed": 11}
+    with torch.no_grad():
+        teacher_n = sample_latents(bb, prompts, num_inference_steps=4, transformer=module.teacher, **kw)
+        teacher_half = sample_latents(bb, prompts, num_inference_steps=2, transformer=module.teacher, **kw)
+        student_half = sample_latents(bb, prompts, num_inference_steps=2, transformer=module.transformer, **kw)
+    naive = float(((teacher_half - teacher_n) ** 2).mean())
+    distilled = float(((student_half - teacher_n) ** 2).mean())
+    assert np.isfinite(distilled)
+    assert distilled < 0.6 * naive, f"student 2-step MSE to teacher 4-step {distilled:.4f} vs teacher 2-step {naive:.4f}"
