@@ -1,0 +1,38 @@
+"""Evaluate an export, a LoRA or a folder of videos; A/B-compare two models: ``python evaluate.py [overrides]``.
+
+See configs/eval.yaml. Writes ``out/report.json`` and ``out/report.html``; a bad input exits 2 with one line.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import wan2.config_resolvers  # noqa: F401  (registers ${wan2.latest_export:...})
+
+
+def shorthand(args: list[str]) -> list[str]:
+    """``metrics=[a,b]`` (or ``metrics=a``) is short for ``metrics.names=[a,b]`` (metrics also holds settings),
+    ``lora=FILE`` for ``lora_path=FILE`` (``lora`` is train.py's config group)."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key == "metrics":
+            value = value if value.startswith("[") or value == "null" else f"[{value}]"
+            arg = f"metrics.names={value}"
+        elif sep and key == "lora":
+            arg = f"lora_path={value}"
+        out.append(arg)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from wan2.evaluation import main as evaluate
+
+    sys.exit(evaluate(cfg))
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = shorthand(sys.argv[1:])
+    main()
