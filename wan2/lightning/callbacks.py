@@ -1,0 +1,67 @@
+"""In-loop quick evaluation: the cheap metrics (RankJump reader, VBench flicker) on a few prompts every N steps.
+
+Validation (``FlowMatchingModule.validation_step``) already samples and judges the validation set on every rank;
+this callback is the lighter, more frequent probe. It runs on global rank 0 only and is barrier-free: no
+collective, no ``self.log`` sync; the other ranks do nothing here (they go on to the next step and only meet
+rank 0 again at the next gradient all-reduce, as with any rank-0-only work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import lightning as L
+import torch
+
+
+class QuickEval(L.Callback):
+    """Every ``every_n_steps`` optimizer steps (rank 0): sample ``num_prompts`` RankJump prompts of ``split``
+    with ``num_inference_steps`` steps and log ``quick_eval/{traj_acc,colour_acc,flicker}``."""
+
+    def __init__(self, every_n_steps: int = 200, num_prompts: int = 4, num_inference_steps: int = 10,
+                 guidance_scale: float | None = None, split: str = "heldout", seed: int = 0):
+        self.every_n_steps, self.num_prompts, self.split, self.seed = every_n_steps, num_prompts, split, seed
+        self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step  # once per optimizer step, also with gradient accumulation
+        if not trainer.is_global_zero or not hasattr(pl_module, "backbone"):
+            return
+        metrics = self.evaluate(pl_module, getattr(trainer.datamodule, "rj_cfg", None))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    @torch.no_grad()
+    def evaluate(self, pl_module, rj_cfg=None) -> dict[str, float]:
+        """Sample the prompts with the module's (EMA) weights in eval mode, then restore every train flag."""
+        from wan2.data.rankjump import RankJump, RankJumpConfig
+        from wan2.metrics.motion import in_domain_metrics
+        from wan2.metrics.temporal import temporal_flickering, uint8_videos
+        from wan2.sampling import sample_videos
+
+        rj = RankJump(rj_cfg or RankJumpConfig(), self.split, self.num_prompts)
+        clips = [rj[i] for i in range(self.num_prompts)]
+        guidance = self.guidance_scale
+        if guidance is None:
+            guidance = getattr(pl_module, "sample_cfg", {}).get("guidance_scale", 5.0)
+        flags = {m: m.training for m in pl_module.modules()}
+        pl_module.eval()
+        ema = getattr(pl_module, "ema_weights", None)
+        try:
+            with ema() if ema is not None else contextlib.nullcontext():
+                video = sample_videos(pl_module.backbone, [c.caption for c in clips], num_frames=rj.cfg.num_frames,
+                                      height=rj.cfg.height, width=rj.cfg.width,
+                                      num_inference_steps=self.num_inference_steps, guidance_scale=guidance,
+                                      seed=self.seed)  # (B, 3, F, H, W) in [-1, 1]
+        finally:
+            for m, was in flags.items():
+                m.training = was
+        frames = uint8_videos(video)  # (B, F, H, W, 3)
+        res = in_domain_metrics(frames, [c.meta for c in clips])
+        return {"quick_eval/traj_acc": res["rank_trajectory"]["accuracy"],
+                "quick_eval/colour_acc": res["colour_adherence"]["accuracy"],
+                "quick_eval/flicker": temporal_flickering(frames)["mean"]}
