@@ -61,6 +61,15 @@ class DistillModule(FlowMatchingModule):
                 return p
         return self.phases[-1]
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        max_steps = getattr(self.trainer, "max_steps", -1)
+        if 0 < max_steps < self.total_steps:
+            self.print(f"warning: trainer.max_steps={max_steps} stops before the schedule ends "
+                       f"(objective.cfg_steps + {len(self.rounds) - 1} rounds x objective.round_steps = "
+                       f"{self.total_steps}); the export will be the {self.phase_at(max_steps - 1).student_steps}-step "
+                       "student reached by then")
+
     def on_train_batch_start(self, batch, batch_idx):
         idx = self.phases.index(self.phase_at(self.global_step))
         if idx != self._teacher_phase and self.phases[idx].kind == "pd":
@@ -130,7 +139,9 @@ class DistillModule(FlowMatchingModule):
                              guidance_scale=self.hparams.guidance_scale if guided else 1.0, seed=seed)
 
     def export(self, out_dir, datamodule=None) -> dict:
-        """The student as a full pipeline whose wan2.json says: student_steps, guidance 1.0."""
-        self.sample_cfg = {**self.sample_cfg, "num_inference_steps": self.hparams.student_steps,
-                           "guidance_scale": 1.0}
+        """The student as a full pipeline whose wan2.json says: the step count reached, guidance 1.0."""
+        reached = self.phase_at(max(0, self.global_step - 1))
+        guided = reached.kind == "cfg" and self.global_step == 0
+        self.sample_cfg = {**self.sample_cfg, "num_inference_steps": reached.student_steps,
+                           "guidance_scale": self.hparams.guidance_scale if guided else 1.0}
         return super().export(out_dir, datamodule)
