@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-slow bench lint format clean
+.PHONY: install demo test test-slow bench eval lint format clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ test-slow: install
 
 bench: install
 	$(PY) scripts/bench.py --out outputs/bench.json
+
+eval: install  # make eval args='ckpt=EXPORT num_videos=96'
+	$(PY) evaluate.py $(args)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -92,8 +92,12 @@ def _perturbed_copy(dst: Path, scale: float = 0.5) -> Path:
     shutil.copytree(BASE, dst)
     f = dst / "transformer" / "diffusion_pytorch_model.safetensors"
     gen = torch.Generator().manual_seed(0)
-    state = {k: v + scale * v.float().std().nan_to_num() * torch.randn(v.shape, generator=gen).to(v.dtype)
-             if v.numel() > 1 else v for k, v in load_file(str(f)).items()}
+    state = {
+        k: v + scale * v.float().std().nan_to_num() * torch.randn(v.shape, generator=gen).to(v.dtype)
+        if v.numel() > 1
+        else v
+        for k, v in load_file(str(f)).items()
+    }
     save_file(state, str(f), metadata={"format": "pt"})
     return dst
 
@@ -101,11 +105,22 @@ def _perturbed_copy(dst: Path, scale: float = 0.5) -> Path:
 def test_ab_compare_gives_paired_cis_and_verdicts(tmp_path):
     other = _perturbed_copy(tmp_path / "perturbed")
     out = tmp_path / "ab"
-    cfg = config(out, f"compare=[{BASE},{other}]", "prompts=test", "num_videos=6", "num_inference_steps=6",
-                 "guidance_scale=2.5", "batch_size=6", "threads=1", "bootstrap.num_samples=2000")
+    cfg = config(
+        out,
+        f"compare=[{BASE},{other}]",
+        "prompts=test",
+        "num_videos=6",
+        "num_inference_steps=6",
+        "guidance_scale=2.5",
+        "batch_size=6",
+        "threads=1",
+        "bootstrap.num_samples=2000",
+    )
     assert main(cfg) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["mode"] == "compare" and report["a"]["name"] == str(BASE) and report["b"]["name"] == str(other)
+    assert (
+        report["mode"] == "compare" and report["a"]["name"] == str(BASE) and report["b"]["name"] == str(other)
+    )
     assert [v["prompt"] for v in report["a"]["videos"]] == [v["prompt"] for v in report["b"]["videos"]]
     assert [v["seed"] for v in report["a"]["videos"]] == [v["seed"] for v in report["b"]["videos"]]
     comp = report["comparison"]
@@ -116,14 +131,21 @@ def test_ab_compare_gives_paired_cis_and_verdicts(tmp_path):
         assert c["ci_low"] <= c["diff"] <= c["ci_high"] and c["num_pairs"] >= 2, key
         assert c["verdict"] in verdicts, key
     assert comp["cost/nfe"]["diff"] == 0 and comp["cost/nfe"]["verdict"] == "no difference"
-    assert comp["cost/seconds_per_video"]["verdict"].startswith("no CI (one timing per batch")  # a single batch
+    assert comp["cost/seconds_per_video"]["verdict"].startswith(
+        "no CI (one timing per batch"
+    )  # a single batch
     # seen (event, ranks, colour) combinations: the base reads 6/6 right; the perturbed copy clearly does not
-    assert comp["rank_trajectory/accuracy"]["mean_a"] == 1.0 and comp["rank_trajectory/accuracy"]["verdict"] == "B worse"
+    assert (
+        comp["rank_trajectory/accuracy"]["mean_a"] == 1.0
+        and comp["rank_trajectory/accuracy"]["verdict"] == "B worse"
+    )
     assert comp["rank_trajectory/row_error"]["higher_is_better"] is False
     a, b = report["a"]["summary"], report["b"]["summary"]
     assert comp["flicker/score"]["diff"] == pytest.approx(b["flicker/score"] - a["flicker/score"])
     html = (out / "report.html").read_text()
-    assert "A/B" in html and "95% CI" in html and all(v in html for v in {c["verdict"] for c in comp.values()})
+    assert (
+        "A/B" in html and "95% CI" in html and all(v in html for v in {c["verdict"] for c in comp.values()})
+    )
     assert (out / "A" / "videos" / "00005.mp4").is_file() and (out / "B" / "videos" / "00005.mp4").is_file()
 
 
@@ -165,7 +187,12 @@ def test_captions_and_event_prompts_parse_back_into_events():
         old, new = {"rank_up": (4, 2), "rank_down": (1, 3), "hold": (2, 2), "first_entry": (None, 3)}[event]
         for t in range(len(templates)):
             meta = meta_from_prompt(caption_for(event, old, new, "blue", t) + ", what a comeback", **geo)
-            assert (meta["event"], meta["old_rank"], meta["new_rank"], meta["colour"]) == (event, old, new, "blue")
+            assert (meta["event"], meta["old_rank"], meta["new_rank"], meta["colour"]) == (
+                event,
+                old,
+                new,
+                "blue",
+            )
     assert meta_from_prompt("a cat on a skateboard", **geo) is None
     assert meta_from_prompt("the green row climbs from #9 to #2", **geo) is None  # off a 5-row board
 
@@ -187,7 +214,10 @@ def _bad_inputs(tmp: Path) -> dict:
         "bad_event_line": ([f"prompts={tmp / 'bad.jsonl'}"], "prompts"),
         "fvd_one_video": ([*fvd, "num_videos=1"], "num_videos"),
         "fvd_nine_frames": ([*fvd, "num_frames=9"], "num_frames"),
-        "fvd_weights_absent": (["metrics.fvd.i3d_path=/nonexistent/i3d_pretrained_400.pt"], "metrics.fvd.i3d_path"),
+        "fvd_weights_absent": (
+            ["metrics.fvd.i3d_path=/nonexistent/i3d_pretrained_400.pt"],
+            "metrics.fvd.i3d_path",
+        ),
         "clip_not_configured": (["metrics=[clipscore]"], "metrics.clipscore.model_dir"),
         "unknown_metric": (["metrics=[nope]"], "metrics"),
         "compare_one_model": ([f"compare=[{BASE}]"], "compare"),
@@ -195,19 +225,33 @@ def _bad_inputs(tmp: Path) -> dict:
     }
 
 
-
-
 @pytest.mark.parametrize(
     "case",
-    ["missing_export", "empty_prompt_file", "bad_event_line", "fvd_one_video", "fvd_nine_frames",
-     "fvd_weights_absent", "clip_not_configured", "unknown_metric", "compare_one_model", "no_videos_in_dir"],
+    [
+        "missing_export",
+        "empty_prompt_file",
+        "bad_event_line",
+        "fvd_one_video",
+        "fvd_nine_frames",
+        "fvd_weights_absent",
+        "clip_not_configured",
+        "unknown_metric",
+        "compare_one_model",
+        "no_videos_in_dir",
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_any_model(tmp_path, case):
     args, key = _bad_inputs(tmp_path)[case]
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     cpu = child_cpu()
-    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={BASE}", f"out={tmp_path / 'out'}", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", f"ckpt={BASE}", f"out={tmp_path / 'out'}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     cpu = child_cpu() - cpu
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("note: ")]
@@ -232,3 +276,45 @@ def test_lora_for_another_base_is_one_line_exit_2(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert len(err) == 1 and err[0].startswith("error: lora:") and "different base" in err[0]
     assert not (tmp_path / "out" / "videos").exists()
+
+
+class StandInI3D(torch.nn.Module):
+    """Cheap network with the StyleGAN-V TorchScript I3D call signature: (B, 3, T, 224, 224) -> (B, 400)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 2 * 4 * 4, 400)
+
+    def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        return self.proj(torch.nn.functional.adaptive_avg_pool3d(x, (2, 4, 4)).flatten(1))
+
+
+def test_fvd_and_indomain_plug_in_with_their_weights(tmp_path):
+    """FVD (a random TorchScript stand-in in the StyleGAN-V format: plumbing only, not an FVD) and the in-domain
+    encoder (randomly initialised, saved as experiment=rankjump_encoder does) run when their weights exist."""
+    torch.manual_seed(0)
+    i3d = tmp_path / "i3d_torchscript.pt"
+    torch.jit.save(torch.jit.script(StandInI3D().eval()), str(i3d))
+    overrides = [f"metrics.fvd.i3d_path={i3d}"]
+    names = ["rank_trajectory", "fvd"]
+    try:
+        from wan2.metrics.indomain import EncoderConfig, RankJumpEncoder, save_encoder
+
+        save_encoder(RankJumpEncoder(EncoderConfig()), tmp_path / "encoder")
+        overrides.append(f"metrics.indomain.encoder_dir={tmp_path / 'encoder'}")
+        names.append("indomain")
+    except ImportError:
+        pass
+    rj = RankJump(RankJumpConfig(mix=dict.fromkeys(EVENTS, 1.0)), "test", 8)
+    clips = [rj[i] for i in range(8)]
+    d = _write_clip_dir(tmp_path / "real", clips, np.stack([c.frames for c in clips]), metadata=True)
+    out = tmp_path / "out"
+    assert main(config(out, f"videos={d}", f"metrics=[{','.join(names)}]", *overrides)) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics_run"] == names and np.isfinite(report["summary"]["fvd/fvd"])
+    info = report["metrics"]["fvd"]
+    assert (info["num_real"], info["num_fake"], info["frames"], info["resolution"]) == (8, 8, 17, "32x32")
+    assert info["weights"] == str(i3d) and "rank-deficient" in info["warning"]
+    if "indomain" in names:
+        assert np.isfinite(report["summary"]["indomain/fd"]) and "indomain/text_video" in report["summary"]
+        assert "not FVD" in report["metrics"]["indomain"]["fd"]

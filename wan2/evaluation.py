@@ -26,8 +26,14 @@ from wan2.data.rankjump import EVENTS, PALETTE, SPLIT_SEED_BASE, TEMPLATES, Rank
 
 DEFAULT_METRICS = ("rank_trajectory", "colour", "flicker", "nfe_time")
 DEFAULT_SPLIT_VIDEOS = 96
-PIPELINE_DEFAULTS = {"num_frames": 81, "height": 480, "width": 832, "fps": 16, "num_inference_steps": 50,
-                     "guidance_scale": 5.0}  # as wan2.inference, for a folder without wan2.json
+PIPELINE_DEFAULTS = {
+    "num_frames": 81,
+    "height": 480,
+    "width": 832,
+    "fps": 16,
+    "num_inference_steps": 50,
+    "guidance_scale": 5.0,
+}  # as wan2.inference, for a folder without wan2.json
 
 
 class MetricUnavailable(Exception):
@@ -52,6 +58,7 @@ class Metric:
     min_videos: int = 1
     min_frames: int = 1
     higher_is_better: dict[str, bool] = field(default_factory=dict)  # per summary key; unlisted: True
+    hint: str = ""  # how to get the weights, appended to "not found" messages
 
 
 METRICS: dict[str, Metric] = {}
@@ -82,7 +89,9 @@ class EvalSet:
     fps: float
     seconds: list[float] | None = None  # generation wall seconds per video (None: not generated here)
     nfe: int | None = None  # transformer forward passes per video, CFG counted
-    real: list | None = None  # real RankJump clips of the same prompts where known (uint8 (F, H, W, 3) or None)
+    real: list | None = (
+        None  # real RankJump clips of the same prompts where known (uint8 (F, H, W, 3) or None)
+    )
     _verdicts: list | None = None
 
     def __len__(self) -> int:
@@ -113,8 +122,13 @@ def render_reference(meta: dict, seed: int) -> np.ndarray:
     """The real RankJump clip of an event, uint8 (F, H, W, 3), at the metadata's geometry."""
     from wan2.data.rankjump import make_clip
 
-    cfg = RankJumpConfig(height=meta["height"], width=meta["width"], num_frames=meta["num_frames"],
-                         rows=meta["rows"], fps=meta.get("fps", 8))
+    cfg = RankJumpConfig(
+        height=meta["height"],
+        width=meta["width"],
+        num_frames=meta["num_frames"],
+        rows=meta["rows"],
+        fps=meta.get("fps", 8),
+    )
     return make_clip(cfg, meta["event"], meta["old_rank"], meta["new_rank"], meta["colour"], seed=seed).frames
 
 
@@ -123,7 +137,11 @@ def _caption_patterns() -> list[tuple[str, re.Pattern]]:
     for event, templates in TEMPLATES.items():
         for t in templates:
             rx = re.escape(t)
-            for name, group in (("colour", r"(?P<colour>[a-z]+)"), ("old", r"(?P<old>\d+)"), ("new", r"(?P<new>\d+)")):
+            for name, group in (
+                ("colour", r"(?P<colour>[a-z]+)"),
+                ("old", r"(?P<old>\d+)"),
+                ("new", r"(?P<new>\d+)"),
+            ):
                 rx = rx.replace(re.escape("{" + name + "}"), group)
             out.append((event, re.compile(rx + r"(?=$|,)")))
     return out
@@ -132,8 +150,9 @@ def _caption_patterns() -> list[tuple[str, re.Pattern]]:
 _PATTERNS = _caption_patterns()
 
 
-def meta_from_prompt(prompt: str, height: int, width: int, num_frames: int, rows: int = 5,
-                     fps: float = 8) -> dict | None:
+def meta_from_prompt(
+    prompt: str, height: int, width: int, num_frames: int, rows: int = 5, fps: float = 8
+) -> dict | None:
     """RankJump metadata of a prompt that starts with a RankJump caption (as event prompts do), else None."""
     text = prompt.strip().lower()
     for event, rx in _PATTERNS:
@@ -144,8 +163,17 @@ def meta_from_prompt(prompt: str, height: int, width: int, num_frames: int, rows
         old = int(m.group("old")) if "old" in m.groupdict() else (new if event == "hold" else None)
         if colour not in PALETTE or (old, new) not in combos(rows, event):
             return None
-        return {"event": event, "old_rank": old, "new_rank": new, "colour": colour, "rows": rows,
-                "height": height, "width": width, "num_frames": num_frames, "fps": fps}
+        return {
+            "event": event,
+            "old_rank": old,
+            "new_rank": new,
+            "colour": colour,
+            "rows": rows,
+            "height": height,
+            "width": width,
+            "num_frames": num_frames,
+            "fps": fps,
+        }
     return None
 
 
@@ -187,7 +215,9 @@ def _check_export(key: str, path) -> str:
         raise ConfigError(f"{key}: no export directory given")
     p = Path(str(path))
     if not p.is_dir():
-        raise ConfigError(f"{key}: {str(path)!r} is not a directory (train a model or point at a diffusers export)")
+        raise ConfigError(
+            f"{key}: {str(path)!r} is not a directory (train a model or point at a diffusers export)"
+        )
     if not (p / "model_index.json").is_file():
         raise ConfigError(f"{key}: {str(path)!r} has no model_index.json (not a diffusers export)")
     return str(p)
@@ -210,7 +240,9 @@ def _sides(cfg) -> list[Side]:
     scale = float(cfg.get("lora_scale", 1.0))
     compare = cfg.get("compare")
     if compare in (None, "", []):
-        return [Side("model", _check_export("ckpt", cfg.ckpt), _check_lora("lora", cfg.get("lora_path")), scale)]
+        return [
+            Side("model", _check_export("ckpt", cfg.ckpt), _check_lora("lora", cfg.get("lora_path")), scale)
+        ]
     entries = [str(x) for x in compare] if not isinstance(compare, str) else [compare]
     if len(entries) != 2:
         raise ConfigError(f"compare: expected two models [A, B], got {len(entries)}")
@@ -221,14 +253,19 @@ def _sides(cfg) -> list[Side]:
         ckpt, lora = entry, None
         if "+" in entry and not Path(entry).is_dir():
             ckpt, lora = entry.split("+", 1)
-        sides.append(Side(label, _check_export(f"compare.{label}", ckpt), _check_lora(f"compare.{label}", lora), scale))
+        sides.append(
+            Side(label, _check_export(f"compare.{label}", ckpt), _check_lora(f"compare.{label}", lora), scale)
+        )
     return sides
 
 
 def _gen_params(cfg, ckpt: str) -> dict:
     """Frames, size, steps and guidance: config value, else the export's wan2.json, else pipeline defaults."""
     meta = {**PIPELINE_DEFAULTS, "rows": 5, **_read_wan2_json(ckpt)}
-    gen = {k: meta[k] for k in ("num_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale", "rows")}
+    gen = {
+        k: meta[k]
+        for k in ("num_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale", "rows")
+    }
     for k in ("num_frames", "num_inference_steps", "guidance_scale"):
         if cfg.get(k) is not None:
             gen[k] = cfg[k]
@@ -258,8 +295,10 @@ def _prompt_items(cfg, gen: dict) -> tuple[list[dict], str]:
         except ValueError as err:
             raise ConfigError(f"prompts: RankJump {spec} prompts at this geometry: {err}") from None
         clips = [rj[i] for i in range(n)]
-        return [{"prompt": c.caption, "seed": seed + i, "meta": c.meta, "real": c.frames}
-                for i, c in enumerate(clips)], f"RankJump {spec} split ({', '.join(events)})"
+        return [
+            {"prompt": c.caption, "seed": seed + i, "meta": c.meta, "real": c.frames}
+            for i, c in enumerate(clips)
+        ], f"RankJump {spec} split ({', '.join(events)})"
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(f"prompts: {spec!r} is neither a RankJump split {list(SPLIT_SEED_BASE)} nor a file")
@@ -273,7 +312,9 @@ def _prompt_items(cfg, gen: dict) -> tuple[list[dict], str]:
         for i, text in lines:
             try:
                 event = json.loads(text)
-                prompt = event_to_prompt(event, tone=event.get("tone"), style=event.get("style"), rows=geo["rows"])
+                prompt = event_to_prompt(
+                    event, tone=event.get("tone"), style=event.get("style"), rows=geo["rows"]
+                )
                 kind, old, new, colour = parse_event(event, rows=geo["rows"])
             except (ValueError, AttributeError) as err:
                 raise ConfigError(f"prompts: {spec} line {i}: {str(err).splitlines()[0]}") from None
@@ -281,8 +322,10 @@ def _prompt_items(cfg, gen: dict) -> tuple[list[dict], str]:
     else:
         base = [(ln.strip(), meta_from_prompt(ln, **geo)) for _, ln in lines]
     n = int(n or len(base))
-    items = [{"prompt": base[i % len(base)][0], "seed": seed + i, "meta": base[i % len(base)][1], "real": None}
-             for i in range(n)]  # more videos than prompts: the prompts again, with new seeds
+    items = [
+        {"prompt": base[i % len(base)][0], "seed": seed + i, "meta": base[i % len(base)][1], "real": None}
+        for i in range(n)
+    ]  # more videos than prompts: the prompts again, with new seeds
     return items, str(path)
 
 
@@ -293,7 +336,9 @@ def _weights_path(cfg, m: Metric):
 
 
 def _weights_present(path, kind: str) -> bool:
-    return path not in (None, "") and (Path(str(path)).is_dir() if kind == "dir" else Path(str(path)).is_file())
+    return path not in (None, "") and (
+        Path(str(path)).is_dir() if kind == "dir" else Path(str(path)).is_file()
+    )
 
 
 def _metric_names(cfg) -> tuple[list[str], dict[str, str], bool]:
@@ -311,9 +356,9 @@ def _metric_names(cfg) -> tuple[list[str], dict[str, str], bool]:
             elif path in (None, ""):
                 skipped[m.name] = f"{m.weights_key} is not set"
             elif m.optional_weights:
-                skipped[m.name] = f"{m.weights_key}: {str(path)!r} not found"
+                skipped[m.name] = f"{m.weights_key}: {str(path)!r} not found ({m.hint})"
             else:
-                raise ConfigError(f"{m.weights_key}: {str(path)!r} not found ({m.name} needs these weights)")
+                raise ConfigError(f"{m.weights_key}: {str(path)!r} not found ({m.name} needs {m.hint})")
         return chosen, skipped, False
     names = [names] if isinstance(names, str) else [str(x) for x in names]
     unknown = [x for x in names if x not in METRICS]
@@ -323,8 +368,11 @@ def _metric_names(cfg) -> tuple[list[str], dict[str, str], bool]:
         m = METRICS[x]
         if m.weights_key and not _weights_present(_weights_path(cfg, m), m.weights_kind):
             what = _weights_path(cfg, m)
-            raise ConfigError(f"{m.weights_key}: {str(what)!r} not found ({x} needs these weights)"
-                              if what not in (None, "") else f"{m.weights_key}: not set ({x} needs these weights)")
+            raise ConfigError(
+                f"{m.weights_key}: {str(what)!r} not found ({x} needs {m.hint})"
+                if what not in (None, "")
+                else f"{m.weights_key}: not set ({x} needs {m.hint})"
+            )
     return list(dict.fromkeys(names)), skipped, True
 
 
@@ -364,19 +412,30 @@ def plan(cfg) -> Plan:
 
 def generate(side: Side, items: list[dict], gen: dict, out_dir: Path, cfg) -> EvalSet:
     """Seeded batched generation (video i: prompt i with seed i, as that prompt alone gives); mp4s to out_dir."""
+    from diffusers.utils import logging as diffusers_logging
     from tqdm import tqdm
+    from transformers.utils import logging as transformers_logging
 
     from wan2.backbones.stack import BackboneError
     from wan2.export import atomic_write_text
     from wan2.inference import Wan2T2V, save_video
     from wan2.lora.adapters import LoraFileError
 
+    diffusers_logging.disable_progress_bar()  # loading bars; ours below counts videos
+    transformers_logging.disable_progress_bar()
     try:
-        model = Wan2T2V.from_pretrained(side.ckpt, device=cfg.get("device", "cpu"), dtype=cfg.get("dtype"),
-                                        lora=side.lora, lora_scales=side.lora_scale if side.lora else None)
+        model = Wan2T2V.from_pretrained(
+            side.ckpt,
+            device=cfg.get("device", "cpu"),
+            dtype=cfg.get("dtype"),
+            lora=side.lora,
+            lora_scales=side.lora_scale if side.lora else None,
+        )
     except (BackboneError, LoraFileError) as err:
         key = "ckpt" if side.label == "model" else f"compare.{side.label}"
-        raise ConfigError(f"{key}: {str(err).split(': ', 1)[-1]}" if isinstance(err, BackboneError) else str(err)) from None
+        raise ConfigError(
+            f"{key}: {str(err).split(': ', 1)[-1]}" if isinstance(err, BackboneError) else str(err)
+        ) from None
     kwargs = {k: gen[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale")}
     batch = max(1, int(cfg.get("batch_size", 16)))
     frames, seconds, files, rows = [], [], [], []
@@ -384,22 +443,38 @@ def generate(side: Side, items: list[dict], gen: dict, out_dir: Path, cfg) -> Ev
     with tqdm(total=len(items), unit="video", desc=f"generate {side.label}", file=sys.stderr) as bar:
         for i in range(0, len(items), batch):
             chunk = items[i : i + batch]
-            videos = model.generate([it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk],
-                                    fps=gen["fps"], **kwargs)
+            videos = model.generate(
+                [it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk], fps=gen["fps"], **kwargs
+            )
             for j, (it, v) in enumerate(zip(chunk, videos)):
                 path = save_video(v, vid_dir / f"{i + j:05d}.mp4")
                 frames.append(v.frames)
                 seconds.append(v.seconds)
                 files.append(str(path))
                 meta = {k: x for k, x in (it["meta"] or {}).items() if k != "centre_y"} or None
-                rows.append({"file": path.name, "prompt": it["prompt"], "seed": it["seed"], "meta": meta,
-                             "seconds": round(v.seconds, 4)})
+                rows.append(
+                    {
+                        "file": path.name,
+                        "prompt": it["prompt"],
+                        "seed": it["seed"],
+                        "meta": meta,
+                        "seconds": round(v.seconds, 4),
+                    }
+                )
             bar.update(len(chunk))
     atomic_write_text(vid_dir / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     del model
-    return EvalSet(videos=np.stack(frames), prompts=[it["prompt"] for it in items],
-                   metas=[it["meta"] for it in items], seeds=[it["seed"] for it in items], files=files,
-                   fps=float(gen["fps"]), seconds=seconds, nfe=int(gen["nfe"]), real=[it["real"] for it in items])
+    return EvalSet(
+        videos=np.stack(frames),
+        prompts=[it["prompt"] for it in items],
+        metas=[it["meta"] for it in items],
+        seeds=[it["seed"] for it in items],
+        files=files,
+        fps=float(gen["fps"]),
+        seconds=seconds,
+        nfe=int(gen["nfe"]),
+        real=[it["real"] for it in items],
+    )
 
 
 def _side_info(path: Path) -> dict[str, dict]:
@@ -435,13 +510,17 @@ def load_videos(path: Path) -> EvalSet:
             raise ConfigError(f"videos: {f}: {err}") from None
     shapes = sorted({v.shape for v in videos})
     if len(shapes) > 1:
-        raise ConfigError(f"videos: {path} holds videos of different shapes {shapes[:3]}; evaluate one shape at a time")
+        raise ConfigError(
+            f"videos: {path} holds videos of different shapes {shapes[:3]}; evaluate one shape at a time"
+        )
     F, H, W, _ = shapes[0]
     fps = probe(files[0]).fps or 8.0
     prompts, metas, seeds = [], [], []
     for i, f in enumerate(files):
         row = info.get(f.name, {})
-        prompt = row.get("prompt") or row.get("caption") or (captions[i] if len(captions) == len(files) else "")
+        prompt = (
+            row.get("prompt") or row.get("caption") or (captions[i] if len(captions) == len(files) else "")
+        )
         meta = row.get("meta")
         if meta:
             meta = {**meta, "height": H, "width": W, "num_frames": F}
@@ -451,9 +530,15 @@ def load_videos(path: Path) -> EvalSet:
         metas.append(meta or None)
         seeds.append(row.get("seed"))
     seconds = [row.get("seconds") for row in (info.get(f.name, {}) for f in files)]
-    return EvalSet(videos=np.stack(videos), prompts=prompts, metas=metas, seeds=seeds,
-                   files=[str(f) for f in files], fps=fps,
-                   seconds=seconds if all(s is not None for s in seconds) else None)
+    return EvalSet(
+        videos=np.stack(videos),
+        prompts=prompts,
+        metas=metas,
+        seeds=seeds,
+        files=[str(f) for f in files],
+        fps=fps,
+        seconds=seconds if all(s is not None for s in seconds) else None,
+    )
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -472,9 +557,11 @@ def score(ev: EvalSet, names: list[str], cfg, explicit: bool, skipped: dict[str,
         m = METRICS[name]
         section = (cfg.get("metrics") or {}).get(name) or {}
         if len(ev) < m.min_videos or ev.videos.shape[1] < m.min_frames:
-            raise ConfigError(f"{'num_videos' if len(ev) < m.min_videos else 'num_frames'}: {name} needs at "
-                              f"least {m.min_videos} videos of {m.min_frames} frames, got {len(ev)} of "
-                              f"{ev.videos.shape[1]}")
+            raise ConfigError(
+                f"{'num_videos' if len(ev) < m.min_videos else 'num_frames'}: {name} needs at "
+                f"least {m.min_videos} videos of {m.min_frames} frames, got {len(ev)} of "
+                f"{ev.videos.shape[1]}"
+            )
         try:
             res = m.fn(ev, section, cfg)
         except MetricUnavailable as why:
@@ -492,9 +579,17 @@ def score(ev: EvalSet, names: list[str], cfg, explicit: bool, skipped: dict[str,
     per_event = {}
     for e in events:
         idx = [i for i, m in enumerate(ev.metas) if m and m["event"] == e]
-        per_event[e] = {"num_videos": len(idx)} | {k: _nanmean(np.asarray(v)[idx]) for k, v in per_video.items()}
-    return {"summary": summary, "per_video": per_video, "per_event": per_event, "info": info,
-            "higher_is_better": higher, "skipped": dict(skipped)}
+        per_event[e] = {"num_videos": len(idx)} | {
+            k: _nanmean(np.asarray(v)[idx]) for k, v in per_video.items()
+        }
+    return {
+        "summary": summary,
+        "per_video": per_video,
+        "per_event": per_event,
+        "info": info,
+        "higher_is_better": higher,
+        "skipped": dict(skipped),
+    }
 
 
 @register_metric("rank_trajectory", higher_is_better={"rank_trajectory/row_error": False})
@@ -508,13 +603,19 @@ def _rank_trajectory(ev: EvalSet, section, cfg) -> dict:
     def col(key):
         return [float(v[key]) if v else nan for v in verdicts]
 
-    return {"per_video": {"rank_trajectory/accuracy": col("trajectory_ok"),
-                          "rank_trajectory/start_acc": col("start_ok"),
-                          "rank_trajectory/end_acc": col("end_ok"),
-                          "rank_trajectory/monotonic_acc": col("monotonic_ok"),
-                          "rank_trajectory/row_error": col("row_error")},
-            "info": {"kind": "in-domain (wan2.data.reader on RankJump events; not comparable to published numbers)",
-                     "num_judged": sum(v is not None for v in verdicts)}}
+    return {
+        "per_video": {
+            "rank_trajectory/accuracy": col("trajectory_ok"),
+            "rank_trajectory/start_acc": col("start_ok"),
+            "rank_trajectory/end_acc": col("end_ok"),
+            "rank_trajectory/monotonic_acc": col("monotonic_ok"),
+            "rank_trajectory/row_error": col("row_error"),
+        },
+        "info": {
+            "kind": "in-domain (wan2.data.reader on RankJump events; not comparable to published numbers)",
+            "num_judged": sum(v is not None for v in verdicts),
+        },
+    }
 
 
 @register_metric("colour")
@@ -523,9 +624,13 @@ def _colour(ev: EvalSet, section, cfg) -> dict:
     verdicts = ev.verdicts()
     if not any(verdicts):
         raise MetricUnavailable("no video has RankJump metadata or a RankJump caption")
-    return {"per_video": {"colour/accuracy": [float(v["colour_ok"]) if v else float("nan") for v in verdicts]},
-            "info": {"kind": "in-domain colour adherence (wan2.data.reader)",
-                     "num_judged": sum(v is not None for v in verdicts)}}
+    return {
+        "per_video": {"colour/accuracy": [float(v["colour_ok"]) if v else float("nan") for v in verdicts]},
+        "info": {
+            "kind": "in-domain colour adherence (wan2.data.reader)",
+            "num_judged": sum(v is not None for v in verdicts),
+        },
+    }
 
 
 @register_metric("flicker", min_frames=2)
@@ -534,8 +639,10 @@ def _flicker(ev: EvalSet, section, cfg) -> dict:
     from wan2.metrics.temporal import temporal_flickering
 
     res = temporal_flickering(ev.videos)
-    return {"per_video": {"flicker/score": res["per_video"]},
-            "info": {"kind": "VBench temporal flickering (higher = steadier; a frozen video scores 1)"}}
+    return {
+        "per_video": {"flicker/score": res["per_video"]},
+        "info": {"kind": "VBench temporal flickering (higher = steadier; a frozen video scores 1)"},
+    }
 
 
 @register_metric("nfe_time", higher_is_better={"cost/seconds_per_video": False, "cost/nfe": False})
@@ -543,15 +650,27 @@ def _nfe_time(ev: EvalSet, section, cfg) -> dict:
     """Sampling cost: wall seconds per video (batch time / batch size) and transformer passes, CFG counted."""
     if ev.seconds is None or ev.nfe is None:
         raise MetricUnavailable("no generation timing (videos were not generated here)")
-    return {"per_video": {"cost/seconds_per_video": ev.seconds}, "summary": {"cost/nfe": float(ev.nfe)},
-            "info": {"nfe": "num_inference_steps * 2 with guidance_scale > 1 (cond + uncond), else steps",
-                     "seconds": "wall time of each batch / its size (first batch includes warm-up)",
-                     "device": cfg.get("device", "cpu"), "batch_size": int(cfg.get("batch_size", 16)),
-                     "num_batches": math.ceil(len(ev) / max(1, int(cfg.get("batch_size", 16))))}}
+    return {
+        "per_video": {"cost/seconds_per_video": ev.seconds},
+        "summary": {"cost/nfe": float(ev.nfe)},
+        "info": {
+            "nfe": "num_inference_steps * 2 with guidance_scale > 1 (cond + uncond), else steps",
+            "seconds": "wall time of each batch / its size (first batch includes warm-up)",
+            "device": cfg.get("device", "cpu"),
+            "batch_size": int(cfg.get("batch_size", 16)),
+            "num_batches": math.ceil(len(ev) / max(1, int(cfg.get("batch_size", 16)))),
+        },
+    }
 
 
-@register_metric("fvd", weights_key="metrics.fvd.i3d_path", min_videos=2, min_frames=10,
-                 higher_is_better={"fvd/fvd": False})
+@register_metric(
+    "fvd",
+    weights_key="metrics.fvd.i3d_path",
+    min_videos=2,
+    min_frames=10,
+    higher_is_better={"fvd/fvd": False},
+    hint="Kinetics-400 I3D weights: i3d_pretrained_400.pt or StyleGAN-V i3d_torchscript.pt",
+)
 def _fvd(ev: EvalSet, section, cfg) -> dict:
     """FVD (I3D Kinetics-400 logits, 224x224, [-1, 1]) against real RankJump clips of the same prompts."""
     from wan2.metrics.fvd import fvd, load_i3d
@@ -564,11 +683,18 @@ def _fvd(ev: EvalSet, section, cfg) -> dict:
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
     res = fvd(real, ev.videos[idx], model, int(section.get("batch_size", 8)))
-    return {"summary": {"fvd/fvd": res.pop("fvd")},
-            "info": res | {"reference": "real RankJump clips of the same prompts (wan2.data.rankjump)"}}
+    return {
+        "summary": {"fvd/fvd": res.pop("fvd")},
+        "info": res | {"reference": "real RankJump clips of the same prompts (wan2.data.rankjump)"},
+    }
 
 
-@register_metric("clipscore", weights_key="metrics.clipscore.model_dir", weights_kind="dir")
+@register_metric(
+    "clipscore",
+    weights_key="metrics.clipscore.model_dir",
+    weights_kind="dir",
+    hint="a local transformers CLIP directory, e.g. a saved openai/clip-vit-large-patch14",
+)
 def _clipscore(ev: EvalSet, section, cfg) -> dict:
     """CLIPSIM: 100 * cos(frame, prompt) averaged over frames, with a local transformers CLIP."""
     from wan2.metrics.clipscore import CLIPScorer
@@ -578,12 +704,21 @@ def _clipscore(ev: EvalSet, section, cfg) -> dict:
     except (FileNotFoundError, OSError, ValueError) as err:
         raise ConfigError(f"metrics.clipscore.model_dir: {str(err).splitlines()[0]}") from None
     res = scorer.score(ev.videos, ev.prompts)
-    return {"per_video": {"clipscore/clipsim": res["per_video"]},
-            "info": {"variant": res["variant"], "model": res["model"], "num_videos": res["num_videos"]}}
+    return {
+        "per_video": {"clipscore/clipsim": res["per_video"]},
+        "info": {"variant": res["variant"], "model": res["model"], "num_videos": res["num_videos"]},
+    }
 
 
-@register_metric("indomain", weights_key="metrics.indomain.encoder_dir", weights_kind="dir", optional_weights=True,
-                 min_videos=2, higher_is_better={"indomain/fd": False})
+@register_metric(
+    "indomain",
+    weights_key="metrics.indomain.encoder_dir",
+    weights_kind="dir",
+    optional_weights=True,
+    min_videos=2,
+    higher_is_better={"indomain/fd": False},
+    hint="the RankJump encoder: python train.py experiment=rankjump_encoder",
+)
 def _indomain(ev: EvalSet, section, cfg) -> dict:
     """In-domain RJ-FD and RJ-TV of the RankJump video-text encoder (``wan2.metrics.indomain``); not FVD / CLIPScore."""
     try:
@@ -599,8 +734,10 @@ def _indomain(ev: EvalSet, section, cfg) -> dict:
         raise ConfigError(str(err)) from None
     details = dict(res.pop("indomain_details", {}))
     per_video = details.pop("text_video_per_video", None)
-    out = {"summary": {"indomain/fd": res["indomain/fd"]},
-           "info": details | {"num_real": res.get("indomain/num_real"), "num_gen": res.get("indomain/num_gen")}}
+    out = {
+        "summary": {"indomain/fd": res["indomain/fd"]},
+        "info": details | {"num_real": res.get("indomain/num_real"), "num_gen": res.get("indomain/num_gen")},
+    }
     if per_video is not None:
         out["per_video"] = {"indomain/text_video": per_video}
     else:
@@ -623,16 +760,23 @@ def compare(a: dict, b: dict, num_samples: int = 10_000, ci: float = 0.95, seed:
         va, vb = a["per_video"].get(key), b["per_video"].get(key)
         batches = min(s["metrics"].get("nfe_time", {}).get("num_batches", 0) for s in (a, b))
         if key == "cost/seconds_per_video" and batches < 2:  # one timing per batch: too few to resample
-            out[key] = {"mean_a": a["summary"][key], "mean_b": b["summary"][key],
-                        "diff": b["summary"][key] - a["summary"][key], "higher_is_better": hib,
-                        "verdict": f"no CI (one timing per batch, {batches} batch)"}
+            out[key] = {
+                "mean_a": a["summary"][key],
+                "mean_b": b["summary"][key],
+                "diff": b["summary"][key] - a["summary"][key],
+                "higher_is_better": hib,
+                "verdict": f"no CI (one timing per batch, {batches} batch)",
+            }
             continue
         if va is not None and vb is not None:
             try:
                 res = paired_bootstrap(va, vb, num_samples=num_samples, ci=ci, seed=seed)
             except ValueError as err:  # fewer than 2 complete pairs
-                out[key] = {"diff": b["summary"][key] - a["summary"][key], "verdict": f"no CI ({err})",
-                            "higher_is_better": hib}
+                out[key] = {
+                    "diff": b["summary"][key] - a["summary"][key],
+                    "verdict": f"no CI ({err})",
+                    "higher_is_better": hib,
+                }
                 continue
             out[key] = res | {"verdict": verdict(res["ci_low"], res["ci_high"], hib), "higher_is_better": hib}
             continue
@@ -668,36 +812,61 @@ def _video_rows(ev: EvalSet, scores: dict, out: Path) -> list[dict]:
     rows = []
     for i in range(len(ev)):
         m = ev.metas[i] or {}
-        row = {"file": os.path.relpath(ev.files[i], out), "prompt": ev.prompts[i], "seed": ev.seeds[i],
-               "event": m.get("event")}
+        row = {
+            "file": os.path.relpath(ev.files[i], out),
+            "prompt": ev.prompts[i],
+            "seed": ev.seeds[i],
+            "event": m.get("event"),
+        }
         row |= {k: v[i] for k, v in scores["per_video"].items()}
         rows.append(row)
     return rows
 
 
 def _protocol(ev: EvalSet, p: Plan, side: Side | None, cfg) -> dict:
-    proto = {"num_videos": len(ev), "num_frames": int(ev.videos.shape[1]),
-             "resolution": f"{ev.videos.shape[2]}x{ev.videos.shape[3]}", "fps": ev.fps, "source": p.source}
+    proto = {
+        "num_videos": len(ev),
+        "num_frames": int(ev.videos.shape[1]),
+        "resolution": f"{ev.videos.shape[2]}x{ev.videos.shape[3]}",
+        "fps": ev.fps,
+        "source": p.source,
+    }
     if side is not None:
-        proto |= {"ckpt": side.ckpt, "lora": side.lora, "lora_scale": side.lora_scale if side.lora else None,
-                  "num_inference_steps": int(p.gen["num_inference_steps"]),
-                  "guidance_scale": float(p.gen["guidance_scale"]), "nfe": int(p.gen["nfe"]),
-                  "seed": int(cfg.seed), "seeds": "video i uses seed + i", "device": cfg.get("device", "cpu")}
+        proto |= {
+            "ckpt": side.ckpt,
+            "lora": side.lora,
+            "lora_scale": side.lora_scale if side.lora else None,
+            "num_inference_steps": int(p.gen["num_inference_steps"]),
+            "guidance_scale": float(p.gen["guidance_scale"]),
+            "nfe": int(p.gen["nfe"]),
+            "seed": int(cfg.seed),
+            "seeds": "video i uses seed + i",
+            "device": cfg.get("device", "cpu"),
+        }
     return proto
 
 
 def _side_report(ev: EvalSet, p: Plan, side: Side | None, cfg, out: Path, sub: Path) -> dict:
     from wan2.report import write_contact_sheets
 
-    scores = score(ev, p.metrics, cfg, explicit=(cfg.get("metrics") or {}).get("names") is not None,
-                   skipped=p.skipped)
+    scores = score(
+        ev, p.metrics, cfg, explicit=(cfg.get("metrics") or {}).get("names") is not None, skipped=p.skipped
+    )
     passed = scores["per_video"].get("rank_trajectory/accuracy")
     sheets = write_contact_sheets(ev.videos, ev.metas, passed, sub / "contact_sheets")
-    return {"summary": scores["summary"], "per_event": scores["per_event"],
-            "protocol": _protocol(ev, p, side, cfg), "metrics": scores["info"], "skipped": scores["skipped"],
-            "higher_is_better": scores["higher_is_better"],
-            "contact_sheets": {k: {"file": os.path.relpath(f, out), "videos": idx} for k, (f, idx) in sheets.items()},
-            "videos": _video_rows(ev, scores, out), "per_video": scores["per_video"]}
+    return {
+        "summary": scores["summary"],
+        "per_event": scores["per_event"],
+        "protocol": _protocol(ev, p, side, cfg),
+        "metrics": scores["info"],
+        "skipped": scores["skipped"],
+        "higher_is_better": scores["higher_is_better"],
+        "contact_sheets": {
+            k: {"file": os.path.relpath(f, out), "videos": idx} for k, (f, idx) in sheets.items()
+        },
+        "videos": _video_rows(ev, scores, out),
+        "per_video": scores["per_video"],
+    }
 
 
 def run(cfg, p: Plan) -> dict:
@@ -724,12 +893,18 @@ def run(cfg, p: Plan) -> dict:
     if p.mode == "compare":
         a, b = sides["A"], sides["B"]
         bs = cfg.get("bootstrap") or {}
-        report |= {"a": {"name": p.sides[0].name, **a}, "b": {"name": p.sides[1].name, **b},
-                   "comparison": compare(a, b, int(bs.get("num_samples", 10_000)), float(bs.get("ci", 0.95)),
-                                         int(cfg.seed))}
-        report["summary"] = ({f"A/{k}": v for k, v in a["summary"].items()}
-                             | {f"B/{k}": v for k, v in b["summary"].items()}
-                             | {f"diff/{k}": c["diff"] for k, c in report["comparison"].items()})
+        report |= {
+            "a": {"name": p.sides[0].name, **a},
+            "b": {"name": p.sides[1].name, **b},
+            "comparison": compare(
+                a, b, int(bs.get("num_samples", 10_000)), float(bs.get("ci", 0.95)), int(cfg.seed)
+            ),
+        }
+        report["summary"] = (
+            {f"A/{k}": v for k, v in a["summary"].items()}
+            | {f"B/{k}": v for k, v in b["summary"].items()}
+            | {f"diff/{k}": c["diff"] for k, c in report["comparison"].items()}
+        )
     else:
         report |= sides["model"]
     for d in (report, report.get("a", {}), report.get("b", {})):
@@ -748,8 +923,13 @@ def log_wandb(report: dict, out: Path, cfg) -> None:
     import wandb
 
     os.environ.setdefault("WANDB_MODE", "offline")
-    run = wandb.init(project=cfg.logger.wandb.get("project", "wan2"), name=f"eval-{out.name}", dir=str(out),
-                     job_type="eval", config={"mode": report["mode"], "metrics": report["metrics_run"]})
+    run = wandb.init(
+        project=cfg.logger.wandb.get("project", "wan2"),
+        name=f"eval-{out.name}",
+        dir=str(out),
+        job_type="eval",
+        config={"mode": report["mode"], "metrics": report["metrics_run"]},
+    )
     try:
         summary = {k: v for k, v in report["summary"].items() if v is not None}
         run.log(summary)
@@ -762,7 +942,9 @@ def log_wandb(report: dict, out: Path, cfg) -> None:
         for label, s in sides:
             for row in s["videos"][:limit]:
                 video = wandb.Video(str(out / row["file"]), format="mp4")
-                table.add_data(label, video, row["prompt"], row["seed"], row["event"], *[row.get(k) for k in keys])
+                table.add_data(
+                    label, video, row["prompt"], row["seed"], row["event"], *[row.get(k) for k in keys]
+                )
         run.log({"samples": table})
     finally:
         run.finish()

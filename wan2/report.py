@@ -18,13 +18,16 @@ COLOURS = ("#4e79a7", "#f28e2b")  # A, B (or the single model)
 # ----------------------------------------------------------------------------- contact sheets
 
 
-def contact_sheet(videos: np.ndarray, marks: list[tuple[int, int, int]], max_frames: int = 9,
-                  scale: int = 3) -> np.ndarray:
+def contact_sheet(
+    videos: np.ndarray, marks: list[tuple[int, int, int]], max_frames: int = 9, scale: int = 3
+) -> np.ndarray:
     """uint8 (N, F, H, W, 3) -> one row per video of evenly spaced frames, framed in its mark colour; (H', W', 3)."""
     rows = []
     for v, mark in zip(videos, marks):
         idx = np.linspace(0, len(v) - 1, min(max_frames, len(v))).round().astype(int)
-        row = np.concatenate([np.pad(v[i], ((1, 1), (1, 1), (0, 0))) for i in idx], axis=1)  # (H+2, k(W+2), 3)
+        row = np.concatenate(
+            [np.pad(v[i], ((1, 1), (1, 1), (0, 0))) for i in idx], axis=1
+        )  # (H+2, k(W+2), 3)
         framed = np.empty((row.shape[0] + 4, row.shape[1] + 4, 3), np.uint8)
         framed[:] = mark
         framed[2:-2, 2:-2] = row
@@ -33,8 +36,9 @@ def contact_sheet(videos: np.ndarray, marks: list[tuple[int, int, int]], max_fra
     return sheet.repeat(scale, 0).repeat(scale, 1)
 
 
-def write_contact_sheets(videos: np.ndarray, metas: list, passed: list | None, out_dir: Path,
-                         per_sheet: int = 8) -> dict[str, tuple[Path, list[int]]]:
+def write_contact_sheets(
+    videos: np.ndarray, metas: list, passed: list | None, out_dir: Path, per_sheet: int = 8
+) -> dict[str, tuple[Path, list[int]]]:
     """One PNG per event (its first ``per_sheet`` videos; frame green = trajectory read right, red = wrong);
     returns event -> (path, video indices in the sheet's row order)."""
     from PIL import Image
@@ -67,8 +71,9 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def svg_bars(title: str, labels: list[str], series: list[tuple[str, list]], width: int = 420,
-             height: int = 220) -> str:
+def svg_bars(
+    title: str, labels: list[str], series: list[tuple[str, list]], width: int = 420, height: int = 220
+) -> str:
     """Grouped bar chart: one group per label, one bar per series (name, values); None values are left out."""
     vals = [v for _, vs in series for v in vs if v is not None]
     top = max([abs(v) for v in vals] + [1e-12])
@@ -76,11 +81,13 @@ def svg_bars(title: str, labels: list[str], series: list[tuple[str, list]], widt
     left, bottom, plot_h = 40, 40, height - 70
     group_w = (width - left - 10) / max(1, len(labels))
     bar_w = group_w * 0.8 / max(1, len(series))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="plot">',
-             f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
-             f'<line x1="{left}" y1="{height - bottom}" x2="{width - 5}" y2="{height - bottom}" stroke="#333"/>',
-             f'<text x="{left - 4}" y="{height - bottom - plot_h + 4}" text-anchor="end" font-size="10">{_fmt(top)}</text>',
-             f'<text x="{left - 4}" y="{height - bottom + 4}" text-anchor="end" font-size="10">0</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="plot">',
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - 5}" y2="{height - bottom}" stroke="#333"/>',
+        f'<text x="{left - 4}" y="{height - bottom - plot_h + 4}" text-anchor="end" font-size="10">{_fmt(top)}</text>',
+        f'<text x="{left - 4}" y="{height - bottom + 4}" text-anchor="end" font-size="10">0</text>',
+    ]
     for g, label in enumerate(labels):
         x0 = left + g * group_w + group_w * 0.1
         for s, (_, values) in enumerate(series):
@@ -89,17 +96,25 @@ def svg_bars(title: str, labels: list[str], series: list[tuple[str, list]], widt
                 continue
             h = plot_h * max(0.0, v) / top
             x = x0 + s * bar_w
-            parts.append(f'<rect x="{x:.1f}" y="{height - bottom - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
-                         f'fill="{COLOURS[s % len(COLOURS)]}"><title>{html.escape(_fmt(v))}</title></rect>')
-            parts.append(f'<text x="{x + bar_w / 2 - 1:.1f}" y="{height - bottom - h - 3:.1f}" text-anchor="middle" '
-                         f'font-size="9">{_fmt(v)}</text>')
-        parts.append(f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - bottom + 14}" text-anchor="middle" '
-                     f'font-size="10">{html.escape(label)}</text>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{height - bottom - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
+                f'fill="{COLOURS[s % len(COLOURS)]}"><title>{html.escape(_fmt(v))}</title></rect>'
+            )
+            parts.append(
+                f'<text x="{x + bar_w / 2 - 1:.1f}" y="{height - bottom - h - 3:.1f}" text-anchor="middle" '
+                f'font-size="9">{_fmt(v)}</text>'
+            )
+        parts.append(
+            f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - bottom + 14}" text-anchor="middle" '
+            f'font-size="10">{html.escape(label)}</text>'
+        )
     if len(series) > 1:
         for s, (name, _) in enumerate(series):
-            parts.append(f'<rect x="{left + s * 90}" y="{height - 16}" width="10" height="10" '
-                         f'fill="{COLOURS[s % len(COLOURS)]}"/><text x="{left + s * 90 + 14}" y="{height - 7}" '
-                         f'font-size="10">{html.escape(name)}</text>')
+            parts.append(
+                f'<rect x="{left + s * 90}" y="{height - 16}" width="10" height="10" '
+                f'fill="{COLOURS[s % len(COLOURS)]}"/><text x="{left + s * 90 + 14}" y="{height - 7}" '
+                f'font-size="10">{html.escape(name)}</text>'
+            )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -112,10 +127,12 @@ def svg_ci(diff: float, lo: float, hi: float, width: int = 180, height: int = 22
         return width / 2 + v / span * (width / 2 - 6)
 
     colour = "#2a9d3a" if lo > 0 else ("#d03030" if hi < 0 else "#777")
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
-            f'<line x1="{width / 2}" y1="2" x2="{width / 2}" y2="{height - 2}" stroke="#bbb"/>'
-            f'<line x1="{x(lo):.1f}" y1="{height / 2}" x2="{x(hi):.1f}" y2="{height / 2}" stroke="{colour}" stroke-width="2"/>'
-            f'<circle cx="{x(diff):.1f}" cy="{height / 2}" r="3.5" fill="{colour}"/></svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+        f'<line x1="{width / 2}" y1="2" x2="{width / 2}" y2="{height - 2}" stroke="#bbb"/>'
+        f'<line x1="{x(lo):.1f}" y1="{height / 2}" x2="{x(hi):.1f}" y2="{height / 2}" stroke="{colour}" stroke-width="2"/>'
+        f'<circle cx="{x(diff):.1f}" cy="{height / 2}" r="3.5" fill="{colour}"/></svg>'
+    )
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -128,8 +145,10 @@ td.l,th.l{text-align:left}.plots svg{margin:4px;border:1px solid #eee}img{image-
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r))
-                   + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
@@ -141,25 +160,43 @@ def _img(path: Path) -> str:
 def _side_sections(side: dict, out: Path, title: str) -> str:
     events = list(side["per_event"])
     header = ["metric", "all"] + [f"{e} (n={side['per_event'][e]['num_videos']})" for e in events]
-    rows = [[html.escape(k), _fmt(v)] + [_fmt(side["per_event"][e].get(k)) for e in events]
-            for k, v in side["summary"].items()]
-    proto = _table(["protocol", "value"], [[html.escape(k), html.escape(_fmt(v))] for k, v in side["protocol"].items()])
-    info = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(i))}</li>" for n, i in side["metrics"].items())
+    rows = [
+        [html.escape(k), _fmt(v)] + [_fmt(side["per_event"][e].get(k)) for e in events]
+        for k, v in side["summary"].items()
+    ]
+    proto = _table(
+        ["protocol", "value"], [[html.escape(k), html.escape(_fmt(v))] for k, v in side["protocol"].items()]
+    )
+    info = "".join(
+        f"<li><b>{html.escape(n)}</b>: {html.escape(str(i))}</li>" for n, i in side["metrics"].items()
+    )
     skipped = "".join(f"<li>{html.escape(n)}: {html.escape(w)}</li>" for n, w in side["skipped"].items())
     sheets = "".join(
         f"<div><b>{html.escape(n)}</b> (rows top to bottom; green frame: trajectory read right, red: wrong)<br>"
         f"{_img(out / s['file'])}<ol class='note'>"
         + "".join(f"<li>{html.escape(side['videos'][i]['prompt'])}</li>" for i in s["videos"])
-        + "</ol></div>" for n, s in side["contact_sheets"].items())
+        + "</ol></div>"
+        for n, s in side["contact_sheets"].items()
+    )
     keys = [k for k in side["summary"] if side["videos"] and k in side["videos"][0]]
-    vrows = [[f'<a href="{html.escape(r["file"])}">{html.escape(Path(r["file"]).name)}</a>', html.escape(r["prompt"]),
-              _fmt(r["seed"]), _fmt(r["event"])] + [_fmt(r.get(k)) for k in keys] for r in side["videos"][:200]]
-    return (f"<h2>{html.escape(title)}</h2>{proto}<h3>Metrics</h3>"
-            + _table(header, rows)
-            + (f"<ul class='note'>{info}</ul>" if info else "")
-            + (f"<p class='note'>Not run:</p><ul class='note'>{skipped}</ul>" if skipped else "")
-            + f"<h3>Contact sheets</h3>{sheets}<h3>Videos</h3>" + _table(["file", "prompt", "seed", "event"] + keys,
-                                                                          vrows, left=2))
+    vrows = [
+        [
+            f'<a href="{html.escape(r["file"])}">{html.escape(Path(r["file"]).name)}</a>',
+            html.escape(r["prompt"]),
+            _fmt(r["seed"]),
+            _fmt(r["event"]),
+        ]
+        + [_fmt(r.get(k)) for k in keys]
+        for r in side["videos"][:200]
+    ]
+    return (
+        f"<h2>{html.escape(title)}</h2>{proto}<h3>Metrics</h3>"
+        + _table(header, rows)
+        + (f"<ul class='note'>{info}</ul>" if info else "")
+        + (f"<p class='note'>Not run:</p><ul class='note'>{skipped}</ul>" if skipped else "")
+        + f"<h3>Contact sheets</h3>{sheets}<h3>Videos</h3>"
+        + _table(["file", "prompt", "seed", "event"] + keys, vrows, left=2)
+    )
 
 
 def _plots(sides: list[tuple[str, dict]]) -> str:
@@ -179,25 +216,41 @@ def _plots(sides: list[tuple[str, dict]]) -> str:
 def render_html(report: dict, out: Path) -> str:
     """The whole report as one HTML string (images inlined as base64, plots as SVG)."""
     out = Path(out)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>wan2 evaluation</title>"
-             f"<style>{STYLE}</style></head><body><h1>wan2 evaluation ({html.escape(report['mode'])})</h1>"
-             f"<p class='note'>In-domain metrics (rank_trajectory, colour, indomain) read RankJump videos with the "
-             f"repo's own reader / encoder; they are not FVD or CLIPScore. {report['seconds']} s.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>wan2 evaluation</title>"
+        f"<style>{STYLE}</style></head><body><h1>wan2 evaluation ({html.escape(report['mode'])})</h1>"
+        f"<p class='note'>In-domain metrics (rank_trajectory, colour, indomain) read RankJump videos with the "
+        f"repo's own reader / encoder; they are not FVD or CLIPScore. {report['seconds']} s.</p>"
+    ]
     if report["mode"] == "compare":
         rows = []
         for key, c in report["comparison"].items():
-            ci = (f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]" if "ci_low" in c else "")
+            ci = f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]" if "ci_low" in c else ""
             whisker = svg_ci(c["diff"], c["ci_low"], c["ci_high"]) if "ci_low" in c else ""
-            rows.append([html.escape(key), _fmt(c.get("mean_a")), _fmt(c.get("mean_b")), _fmt(c["diff"]), ci,
-                         whisker, "higher" if c["higher_is_better"] else "lower", html.escape(c["verdict"])])
-        parts.append(f"<h2>A/B: B - A, paired over identical prompts and seeds</h2>"
-                     f"<p>A = {html.escape(report['a']['name'])}<br>B = {html.escape(report['b']['name'])}</p>"
-                     + _table(["metric", "A", "B", "B - A", "95% CI", "CI vs 0", "better", "verdict"], rows))
+            rows.append(
+                [
+                    html.escape(key),
+                    _fmt(c.get("mean_a")),
+                    _fmt(c.get("mean_b")),
+                    _fmt(c["diff"]),
+                    ci,
+                    whisker,
+                    "higher" if c["higher_is_better"] else "lower",
+                    html.escape(c["verdict"]),
+                ]
+            )
+        parts.append(
+            f"<h2>A/B: B - A, paired over identical prompts and seeds</h2>"
+            f"<p>A = {html.escape(report['a']['name'])}<br>B = {html.escape(report['b']['name'])}</p>"
+            + _table(["metric", "A", "B", "B - A", "95% CI", "CI vs 0", "better", "verdict"], rows)
+        )
         parts.append(_plots([("A", report["a"]), ("B", report["b"])]))
         parts.append(_side_sections(report["a"], out, "A: " + report["a"]["name"]))
         parts.append(_side_sections(report["b"], out, "B: " + report["b"]["name"]))
     else:
         parts.append(_plots([("model", report)]))
-        parts.append(_side_sections(report, out, report["protocol"].get("ckpt") or report["protocol"]["source"]))
+        parts.append(
+            _side_sections(report, out, report["protocol"].get("ckpt") or report["protocol"]["source"])
+        )
     parts.append("</body></html>\n")
     return "".join(parts)

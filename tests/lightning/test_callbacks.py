@@ -27,7 +27,11 @@ class TinyModule(torch.nn.Module):
 
     def __init__(self, backbone):
         super().__init__()
-        self.backbone, self.transformer, self.text_encoder = backbone, backbone.transformer, backbone.text_encoder
+        self.backbone, self.transformer, self.text_encoder = (
+            backbone,
+            backbone.transformer,
+            backbone.text_encoder,
+        )
         self.sample_cfg = {"guidance_scale": 2.5}
 
 

@@ -18,8 +18,15 @@ class QuickEval(L.Callback):
     """Every ``every_n_steps`` optimizer steps (rank 0): sample ``num_prompts`` RankJump prompts of ``split``
     with ``num_inference_steps`` steps and log ``quick_eval/{traj_acc,colour_acc,flicker}``."""
 
-    def __init__(self, every_n_steps: int = 200, num_prompts: int = 4, num_inference_steps: int = 10,
-                 guidance_scale: float | None = None, split: str = "heldout", seed: int = 0):
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        num_prompts: int = 4,
+        num_inference_steps: int = 10,
+        guidance_scale: float | None = None,
+        split: str = "heldout",
+        seed: int = 0,
+    ):
         self.every_n_steps, self.num_prompts, self.split, self.seed = every_n_steps, num_prompts, split, seed
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
         self._last_step = -1
@@ -53,15 +60,23 @@ class QuickEval(L.Callback):
         ema = getattr(pl_module, "ema_weights", None)
         try:
             with ema() if ema is not None else contextlib.nullcontext():
-                video = sample_videos(pl_module.backbone, [c.caption for c in clips], num_frames=rj.cfg.num_frames,
-                                      height=rj.cfg.height, width=rj.cfg.width,
-                                      num_inference_steps=self.num_inference_steps, guidance_scale=guidance,
-                                      seed=self.seed)  # (B, 3, F, H, W) in [-1, 1]
+                video = sample_videos(
+                    pl_module.backbone,
+                    [c.caption for c in clips],
+                    num_frames=rj.cfg.num_frames,
+                    height=rj.cfg.height,
+                    width=rj.cfg.width,
+                    num_inference_steps=self.num_inference_steps,
+                    guidance_scale=guidance,
+                    seed=self.seed,
+                )  # (B, 3, F, H, W) in [-1, 1]
         finally:
             for m, was in flags.items():
                 m.training = was
         frames = uint8_videos(video)  # (B, F, H, W, 3)
         res = in_domain_metrics(frames, [c.meta for c in clips])
-        return {"quick_eval/traj_acc": res["rank_trajectory"]["accuracy"],
-                "quick_eval/colour_acc": res["colour_adherence"]["accuracy"],
-                "quick_eval/flicker": temporal_flickering(frames)["mean"]}
+        return {
+            "quick_eval/traj_acc": res["rank_trajectory"]["accuracy"],
+            "quick_eval/colour_acc": res["colour_adherence"]["accuracy"],
+            "quick_eval/flicker": temporal_flickering(frames)["mean"],
+        }
