@@ -9,6 +9,7 @@ Sections are registered in ``SECTIONS`` (name -> function(args) -> dict); add yo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -28,6 +29,11 @@ def section(name: str):
         return fn
 
     return register
+
+
+def _log(msg: str) -> None:
+    """Progress to stderr (stdout holds only the JSON)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _sync(device: str) -> None:
@@ -152,6 +158,378 @@ def bench_data(args: argparse.Namespace) -> dict:
         "loader": bench_loader(num_clips=n, batch_size=8, num_workers=args.num_workers),
         "cache_step": bench_cache_step(batch_size=4 if args.quick else 8, steps=steps, device=args.device),
     }
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
+
+
+def _rss_mb() -> float:
+    """Current resident set size of this process in MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _max_rss_mb() -> float:
+    """Peak resident set size of this process so far in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _move_backbone(backbone, device: str):
+    """Move every module of a WanBackbone to ``device`` (the dataclass has no ``.to``)."""
+    for name in ("text_encoder", "vae", "transformer", "transformer_2"):
+        m = getattr(backbone, name)
+        if m is not None:
+            m.to(device)
+    return backbone
+
+
+def bf16_autocast_supported(device: str = "cpu") -> bool:
+    """Whether bf16 autocast runs natively here (CUDA bf16, or oneDNN bf16 kernels on the CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def matmul_peak(n: int = 2048, reps: int = 5, device: str = "cpu") -> dict:
+    """Best large-matmul GFLOP/s in fp32 and bf16 (the MFU denominators), measured in this process."""
+    import torch
+
+    out = {"n": n}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up (oneDNN picks its kernel on the first call)
+        best = float("inf")
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
+    return out
+
+
+def _train_step(module, opt, batch: dict, autocast_bf16: bool, device: str) -> None:
+    """One optimisation step as Lightning runs it: ``training_step`` (under bf16-mixed autocast when asked),
+    backward, gradient clipping at 1.0 (configs/trainer/cpu.yaml), AdamW, EMA."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached here
+        warnings.filterwarnings("ignore", message="Mismatch dtype")  # rms_norm under bf16 autocast
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast_bf16):
+            loss = module.training_step(batch, 0)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if module.ema is not None:
+        module.ema.update()
+
+
+def bench_train(
+    pretrained: str | Path = ROOT / "pretrained/wan_tiny_base",
+    batch_size: int = 8,
+    steps: int = 6,
+    warmup: int = 1,
+    matmul_n: int = 2048,
+    device: str = "cpu",
+) -> dict:
+    """Train samples/s of wan2's flow step (cached latents + text embeddings, fp32 and bf16 autocast) vs a
+    naive fp32 loop encoding video (VAE) and text (UMT5) every step; MFU against a measured matmul peak."""
+    import torch
+    from omegaconf import OmegaConf
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from wan2.backbones.stack import load_backbone
+    from wan2.data.datasets import RankJumpVideoDataset, collate
+    from wan2.data.rankjump import RankJumpConfig
+    from wan2.lightning.flow_module import FlowMatchingModule
+
+    torch.manual_seed(0)
+    rss0 = _rss_mb()
+    peak = matmul_peak(matmul_n, device=device)
+    backbone = _move_backbone(load_backbone(pretrained), device)
+    # frozen text encoder: the setting in which text embeddings can be cached (LoRA, distillation)
+    module = FlowMatchingModule(backbone, ema_decay=0.995, train_text_encoder=False).to(device).train()
+    hp = module.hparams
+    opt = torch.optim.AdamW(
+        [p for p in module.parameters() if p.requires_grad],
+        lr=hp.lr,
+        betas=tuple(hp.betas),
+        weight_decay=hp.weight_decay,
+    )
+    meta = backbone.extra
+    cfg = RankJumpConfig(
+        num_frames=meta.get("num_frames", 17), height=meta.get("height", 32), width=meta.get("width", 32)
+    )
+    ds = RankJumpVideoDataset(cfg, "train", batch_size)
+    batch = collate([ds[i] for i in range(batch_size)])
+    video, captions = batch["video"].to(device), batch["caption"]  # (B, 3, F, H, W)
+    with torch.no_grad():
+        cached = {
+            "latents": backbone.encode_video(video),
+            "text_emb": backbone.encode_prompts(captions),
+            "caption": captions,
+        }  # what wan2's latent cache (cache_text=true) feeds the step
+    naive = {"video": video, "caption": captions}
+
+    bf16_ok = bf16_autocast_supported(device)
+    variants = {"wan2_fp32": (cached, False), "naive_fp32": (naive, False)}
+    if bf16_ok:
+        variants["wan2_bf16"] = (cached, True)
+
+    # transformer FLOPs of one step (forward + backward), the same for every variant
+    with FlopCounterMode(display=False) as counter:
+        _train_step(module, opt, cached, False, device)
+    per_module = counter.get_flop_counts()
+    tf_flops = sum(per_module.get(type(backbone.transformer).__name__, {}).values())
+    with FlopCounterMode(display=False) as counter:
+        _train_step(module, opt, naive, False, device)
+    naive_flops = counter.get_total_flops()
+
+    # warm-up one variant after the other (RSS high-water per phase), then time them round-robin so
+    # that load from other processes hits every variant alike; the median step time is reported
+    rss = {"start": rss0, "after_load": _rss_mb()}
+    max_rss = {"after_load": _max_rss_mb()}
+    for name, (b, bf16) in variants.items():
+        for _ in range(warmup):
+            _train_step(module, opt, b, bf16, device)
+        rss[f"after_{name}"] = _rss_mb()
+        max_rss[f"after_{name}"] = _max_rss_mb()
+    _log(f"train: timing {list(variants)} x {steps} steps")
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(steps):
+        for name, (b, bf16) in variants.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            _train_step(module, opt, b, bf16, device)
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+
+    sec = {name: _median(ts) for name, ts in times.items()}
+    peak_of = {
+        "wan2_fp32": peak["fp32_gflops"],
+        "naive_fp32": peak["fp32_gflops"],
+        "wan2_bf16": peak["bf16_gflops"],
+    }
+    wan2 = [n for n in ("wan2_bf16", "wan2_fp32") if n in sec]
+    best = min(wan2, key=sec.get)
+    trainer_cfg = OmegaConf.load(ROOT / "configs/trainer/cpu.yaml")
+    return {
+        "model": str(pretrained),
+        "device": device,
+        "batch_size": batch_size,
+        "clip": [cfg.num_frames, cfg.height, cfg.width],
+        "latent": list(cached["latents"].shape[1:]),
+        "steps_timed": steps,
+        "s_per_step": sec,
+        "samples_per_s": {n: batch_size / s for n, s in sec.items()},
+        "speedup_vs_naive": {n: sec["naive_fp32"] / sec[n] for n in wan2},
+        "speedup": sec["naive_fp32"] / sec[best],
+        "wan2_best": best,
+        "bf16_autocast_supported": bf16_ok,
+        "bf16_faster_than_fp32": bool(bf16_ok and sec["wan2_bf16"] < sec["wan2_fp32"]),
+        "bf16_over_fp32_speed": sec["wan2_fp32"] / sec["wan2_bf16"] if bf16_ok else None,
+        "trainer_precision_configured": str(trainer_cfg.precision),
+        "transformer_gflop_per_step": tf_flops / 1e9,
+        "naive_gflop_per_step_all_modules": naive_flops / 1e9,
+        "matmul_peak": peak,
+        "model_gflops": {n: tf_flops / s / 1e9 for n, s in sec.items()},
+        "mfu": {n: tf_flops / s / 1e9 / peak_of[n] for n, s in sec.items()},
+        "rss_mb": rss,
+        "max_rss_mb": max_rss,
+        "peak_rss_mb": _max_rss_mb(),
+    }
+
+
+@section("train")
+def bench_train_section(args: argparse.Namespace) -> dict:
+    """wan2's training step vs a naive encode-every-step loop: samples/s, MFU, RSS."""
+    if args.quick:
+        return bench_train(batch_size=2, steps=2, warmup=1, matmul_n=512, device=args.device)
+    return bench_train(device=args.device)
+
+
+# ----------------------------------------------------------------------------- distill
+
+# the larger random-weight size: the tiny stack with a wider, deeper transformer (dim 512, 8 layers, ~36 M
+# parameters) at 64x64x17 (576 tokens), where the transformer, not the VAE, dominates sampling
+LARGE_TRANSFORMER = {"num_layers": 8, "num_attention_heads": 8, "attention_head_dim": 64, "ffn_dim": 2048}
+QUICK_TRANSFORMER = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 32, "ffn_dim": 256}
+
+
+@contextlib.contextmanager
+def timed_denoise_loop(backbone, device: str = "cpu"):
+    """Time the denoising loop inside ``wan2.sampling`` (its ``euler_sample`` call) and count transformer
+    forwards, without changing what is run; yields ``{"loop_s": [...], "nfe": [...]}`` (one entry per call)."""
+    import wan2.sampling as sampling
+
+    record: dict[str, list] = {"loop_s": [], "nfe": []}
+    calls = [0]
+    hooks = [
+        m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        for m in (backbone.transformer, backbone.transformer_2)
+        if m is not None
+    ]
+    original = sampling.euler_sample
+
+    def timed(*args, **kwargs):
+        calls[0] = 0
+        _sync(device)
+        t0 = time.perf_counter()
+        z = original(*args, **kwargs)
+        _sync(device)
+        record["loop_s"].append(time.perf_counter() - t0)
+        record["nfe"].append(calls[0])
+        return z
+
+    sampling.euler_sample = timed
+    try:
+        yield record
+    finally:
+        sampling.euler_sample = original
+        for h in hooks:
+            h.remove()
+
+
+def bench_sampling(
+    backbone,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    teacher_runs: int = 1,
+    student_runs: int = 3,
+    device: str = "cpu",
+    prompt: str = "the green row climbs from #3 to #2",
+    teacher: tuple[int, float] = (50, 5.0),
+    student: tuple[int, float] = (4, 1.0),
+) -> dict:
+    """Seconds per video, end to end (``sample_videos``: text encode + denoise + VAE decode) and for the
+    denoising loop alone, of the teacher (50 steps, CFG) and the student (4 steps, guidance 1.0)."""
+    from wan2.sampling import sample_videos
+
+    def run(steps: int, guidance: float) -> tuple[float, float, int]:
+        _log(f"sampling {num_frames}x{height}x{width}: {steps} steps, guidance {guidance}")
+        with timed_denoise_loop(backbone, device) as rec:
+            _sync(device)
+            t0 = time.perf_counter()
+            sample_videos(
+                backbone,
+                [prompt],
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                seed=0,
+            )
+            _sync(device)
+            total = time.perf_counter() - t0
+        return total, rec["loop_s"][0], rec["nfe"][0]
+
+    run(*student)  # warm-up
+    runs: dict[str, list[tuple[float, float, int]]] = {"teacher": [], "student": []}
+    for i in range(max(teacher_runs, student_runs)):  # interleaved, so load from elsewhere hits both alike
+        if i < student_runs:
+            runs["student"].append(run(*student))
+        if i < teacher_runs:
+            runs["teacher"].append(run(*teacher))
+    out: dict = {
+        "clip": [num_frames, height, width],
+        "transformer_params_m": sum(p.numel() for p in backbone.transformer.parameters()) / 1e6,
+    }
+    for name, (steps, guidance) in (("teacher", teacher), ("student", student)):
+        rs = runs[name]
+        out[name] = {
+            "steps": steps,
+            "guidance_scale": guidance,
+            "nfe": rs[0][2],
+            "runs": len(rs),
+            "s_end_to_end": _median([r[0] for r in rs]),
+            "s_loop": _median([r[1] for r in rs]),
+        }
+    t, s = out["teacher"], out["student"]
+    out["speedup_loop"] = t["s_loop"] / s["s_loop"]
+    out["speedup_end_to_end"] = t["s_end_to_end"] / s["s_end_to_end"]
+    out["nfe_ratio"] = t["nfe"] / s["nfe"]
+    out["loop_share_teacher"] = t["s_loop"] / t["s_end_to_end"]
+    out["loop_share_student"] = s["s_loop"] / s["s_end_to_end"]
+    return out
+
+
+def large_backbone(transformer: dict, model_cfg: str | Path = ROOT / "configs/model/wan_tiny.yaml"):
+    """A random-weight stack: the tiny config (VAE, UMT5, scheduler) with the given transformer sizes."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from wan2.backbones.stack import build_backbone
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(model_cfg)
+    cfg.transformer = OmegaConf.merge(cfg.transformer, transformer)
+    return build_backbone(cfg).eval()
+
+
+@section("distill")
+def bench_distill(args: argparse.Namespace) -> dict:
+    """Teacher (50 steps, CFG: 100 forwards) vs 4-step student (4 forwards), demo size and a larger size."""
+    from wan2.backbones.stack import load_backbone
+
+    quick = args.quick
+    demo = _move_backbone(load_backbone(ROOT / "pretrained/wan_tiny_base"), args.device)
+    meta = demo.extra
+    out = {
+        "demo": bench_sampling(
+            demo,
+            num_frames=meta.get("num_frames", 17),
+            height=meta.get("height", 32),
+            width=meta.get("width", 32),
+            teacher_runs=1 if quick else 2,
+            student_runs=1 if quick else 3,
+            device=args.device,
+        )
+    }
+    out["demo"]["model"] = "pretrained/wan_tiny_base"
+    sizes = QUICK_TRANSFORMER if quick else LARGE_TRANSFORMER
+    large = _move_backbone(large_backbone(sizes), args.device)
+    hw = 32 if quick else 64
+    out["large"] = bench_sampling(
+        large,
+        num_frames=17,
+        height=hw,
+        width=hw,
+        teacher_runs=1,
+        student_runs=1 if quick else 3,
+        device=args.device,
+    )
+    out["large"]["model"] = {"random_weights": True, "transformer": sizes}
+    return out
 
 
 # ----------------------------------------------------------------------------- main
