@@ -318,3 +318,18 @@ def test_fvd_and_indomain_plug_in_with_their_weights(tmp_path):
     if "indomain" in names:
         assert np.isfinite(report["summary"]["indomain/fd"]) and "indomain/text_video" in report["summary"]
         assert "not FVD" in report["metrics"]["indomain"]["fd"]
+
+
+def test_auto_metrics_leave_out_a_weights_metric_the_set_is_too_small_for(tmp_path):
+    """FVD configured but not asked for, one video: a note in the report, not an error (asked for: exit 2)."""
+    rj = RankJump(RankJumpConfig(), "test", 1)
+    d = _write_clip_dir(tmp_path / "one", [rj[0]], np.stack([rj[0].frames]), metadata=True)
+    (tmp_path / "i3d.pt").write_bytes(b"never loaded: one video is too few")
+    fvd = f"metrics.fvd.i3d_path={tmp_path / 'i3d.pt'}"
+    assert main(config(tmp_path / "out", f"videos={d}", fvd)) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (
+        report["skipped"]["fvd"].startswith("num_videos: 1 video(s)") and "fvd/fvd" not in report["summary"]
+    )
+    assert report["summary"]["rank_trajectory/accuracy"] == 1.0
+    assert main(config(tmp_path / "out2", f"videos={d}", fvd, "metrics=[fvd]")) == 2

@@ -376,6 +376,15 @@ def _metric_names(cfg) -> tuple[list[str], dict[str, str], bool]:
     return list(dict.fromkeys(names)), skipped, True
 
 
+def _too_small(m: Metric, num_videos: int, num_frames: int) -> str | None:
+    """The one-line reason a metric cannot run on this many videos / frames, or None."""
+    if num_videos < m.min_videos:
+        return f"num_videos: {num_videos} video(s); {m.name} needs at least {m.min_videos}"
+    if num_frames < m.min_frames:
+        return f"num_frames: {num_frames}; {m.name} needs at least {m.min_frames} frames"
+    return None
+
+
 def plan(cfg) -> Plan:
     """All cheap checks, in the order a user fixes them; raises a one-line ``ConfigError``."""
     metrics, skipped, explicit = _metric_names(cfg)
@@ -396,12 +405,13 @@ def plan(cfg) -> Plan:
     sides = _sides(cfg)
     gen = _gen_params(cfg, sides[0].ckpt)
     items, source = _prompt_items(cfg, gen)
-    for name in metrics:
-        m = METRICS[name]
-        if len(items) < m.min_videos:
-            raise ConfigError(f"num_videos: {len(items)} video(s); {name} needs at least {m.min_videos}")
-        if int(gen["num_frames"]) < m.min_frames:
-            raise ConfigError(f"num_frames: {gen['num_frames']}; {name} needs at least {m.min_frames} frames")
+    for name in list(metrics):
+        why = _too_small(METRICS[name], len(items), int(gen["num_frames"]))
+        if why and (explicit or METRICS[name].weights_key is None):
+            raise ConfigError(why)
+        if why:  # a weights metric the user did not ask for: left out with a note
+            metrics.remove(name)
+            skipped[name] = why
     if len(sides) == 2 and len(items) < 2:
         raise ConfigError(f"num_videos: {len(items)} video(s); a paired bootstrap CI needs at least 2")
     return Plan("compare" if len(sides) == 2 else "generate", sides, items, metrics, skipped, gen, source)
@@ -556,17 +566,15 @@ def score(ev: EvalSet, names: list[str], cfg, explicit: bool, skipped: dict[str,
     for name in names:
         m = METRICS[name]
         section = (cfg.get("metrics") or {}).get(name) or {}
-        if len(ev) < m.min_videos or ev.videos.shape[1] < m.min_frames:
-            raise ConfigError(
-                f"{'num_videos' if len(ev) < m.min_videos else 'num_frames'}: {name} needs at "
-                f"least {m.min_videos} videos of {m.min_frames} frames, got {len(ev)} of "
-                f"{ev.videos.shape[1]}"
-            )
         try:
+            why = _too_small(m, len(ev), int(ev.videos.shape[1]))  # videos= mode: known only now
+            if why:
+                raise MetricUnavailable(why)
             res = m.fn(ev, section, cfg)
         except MetricUnavailable as why:
-            if explicit:
-                raise ConfigError(f"metrics: {name}: {why}") from None
+            too_small = str(why).startswith("num_")  # asked for, or a default metric: an error
+            if explicit or (too_small and m.weights_key is None):
+                raise ConfigError(str(why) if too_small else f"metrics: {name}: {why}") from None
             skipped[name] = str(why)
             print(f"note: {name} skipped: {why}", file=sys.stderr)
             continue
