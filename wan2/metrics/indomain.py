@@ -56,6 +56,7 @@ class EncoderConfig:
     num_frames: int = 17
     height: int = 32
     width: int = 32
+    pool_width: int = 4  # columns averaged first: rows (rank, colour) and time keep full resolution
     channels: int = 16  # first conv width; doubles twice
     embed_dim: int = 64  # shared embedding size
     text_dim: int = 64
@@ -84,27 +85,30 @@ def _conv_block(c_in: int, c_out: int, stride: tuple[int, int, int]) -> nn.Seque
 
 
 class VideoEncoder(nn.Module):
-    """3D convs (temporal kernels, so frame order matters) then a linear map of the (channel, time, row) grid.
+    """Width pooled, 3D convs (temporal kernels: frame order matters), a linear map of the (channel, time, row) grid.
 
-    Only the width is averaged away: time and height stay in the flattened features, so where the highlighted
-    row is at the start and at the end of the clip (its ranks) reaches the embedding.
+    A leaderboard's content is in its rows: averaging columns first keeps rank, colour and motion and makes the
+    tower cheap on CPU. Time and height stay in the flattened features, so where the highlighted row is at the
+    start and at the end of the clip (its ranks) reaches the embedding.
     """
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        c = cfg.channels
+        if cfg.width % cfg.pool_width:
+            raise ValueError(f"pool_width: {cfg.pool_width} does not divide width {cfg.width}")
+        c, self.pool = cfg.channels, cfg.pool_width
         self.convs = nn.Sequential(
-            _conv_block(3, c, (1, 2, 2)),  # (B, c, F, H/2, W/2)
-            _conv_block(c, 2 * c, (2, 2, 2)),  # (B, 2c, F/2, H/4, W/4)
-            _conv_block(2 * c, 4 * c, (2, 2, 2)),  # (B, 4c, F/4, H/8, W/8)
-            _conv_block(4 * c, 4 * c, (1, 1, 1)),  # (B, 4c, F/4, H/8, W/8)
+            _conv_block(3, c, (1, 2, 2)),  # (B, c, F, H/2, W'/2)
+            _conv_block(c, 2 * c, (2, 2, 2)),  # (B, 2c, F/2, H/4, W'/4)
+            _conv_block(2 * c, 4 * c, (2, 2, 2)),  # (B, 4c, F/4, H/8, W'/8)
         )
         t, h = _down(cfg.num_frames, 2), _down(cfg.height, 3)
         self.head = nn.Linear(4 * c * t * h, cfg.embed_dim)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        x = self.convs(video)  # (B, C, T, H', W')
-        x = reduce(x, "b c t h w -> b (c t h)", "mean")  # average over width only
+        x = reduce(video, "b c f h (w k) -> b c f h w", "mean", k=self.pool)  # (B, 3, F, H, W / pool)
+        x = self.convs(x)  # (B, C, T, H', W'')
+        x = reduce(x, "b c t h w -> b (c t h)", "mean")  # average over the remaining width
         return self.head(x)  # (B, D)
 
 
