@@ -39,6 +39,11 @@ SUMMARY_KEYS = {
     "cost/nfe",
 }
 
+# the shipped in-domain encoder (experiment=rankjump_encoder) joins the default metrics when it is there
+INDOMAIN_KEYS = (
+    {"indomain/fd", "indomain/text_video"} if (ROOT / "pretrained" / "rankjump_encoder").is_dir() else set()
+)
+
 _spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.py")
 evaluate_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate_cli)
@@ -65,7 +70,7 @@ def test_report_json_html_and_wandb(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(config(out, f"ckpt={BASE}", *QUICK, logger="wandb")) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["mode"] == "generate" and set(report["summary"]) == SUMMARY_KEYS
+    assert report["mode"] == "generate" and set(report["summary"]) == SUMMARY_KEYS | INDOMAIN_KEYS
     assert report["summary"]["cost/nfe"] == 4  # 2 steps, CFG 5 > 1: cond + uncond
     assert 0.0 <= report["summary"]["rank_trajectory/accuracy"] <= 1.0
     proto = report["protocol"]
@@ -124,7 +129,7 @@ def test_ab_compare_gives_paired_cis_and_verdicts(tmp_path):
     assert [v["prompt"] for v in report["a"]["videos"]] == [v["prompt"] for v in report["b"]["videos"]]
     assert [v["seed"] for v in report["a"]["videos"]] == [v["seed"] for v in report["b"]["videos"]]
     comp = report["comparison"]
-    assert set(comp) == SUMMARY_KEYS
+    assert set(comp) == SUMMARY_KEYS | INDOMAIN_KEYS
     verdicts = {"B better", "B worse", "no significant difference"}
     for key in SUMMARY_KEYS - {"cost/nfe", "cost/seconds_per_video"}:
         c = comp[key]
