@@ -26,14 +26,6 @@ from wan2.data.rankjump import EVENTS, PALETTE, SPLIT_SEED_BASE, TEMPLATES, Rank
 
 DEFAULT_METRICS = ("rank_trajectory", "colour", "flicker", "nfe_time")
 DEFAULT_SPLIT_VIDEOS = 96
-PIPELINE_DEFAULTS = {
-    "num_frames": 81,
-    "height": 480,
-    "width": 832,
-    "fps": 16,
-    "num_inference_steps": 50,
-    "guidance_scale": 5.0,
-}  # as wan2.inference, for a folder without wan2.json
 
 
 class MetricUnavailable(Exception):
@@ -261,6 +253,8 @@ def _sides(cfg) -> list[Side]:
 
 def _gen_params(cfg, ckpt: str) -> dict:
     """Frames, size, steps and guidance: config value, else the export's wan2.json, else pipeline defaults."""
+    from wan2.inference import PIPELINE_DEFAULTS  # stock WanPipeline values, for a folder without wan2.json
+
     meta = {**PIPELINE_DEFAULTS, "rows": 5, **_read_wan2_json(ckpt)}
     gen = {
         k: meta[k]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +12,7 @@ from torch.utils.data import Dataset
 
 from wan2.data.datasets import frames_to_video
 from wan2.lightning.data import RankJumpDataModule
+from wan2.lightning.flow_module import warmup_cosine
 from wan2.metrics.indomain import EncoderConfig, RankJumpEncoder, contrastive_loss, save_encoder
 
 log = logging.getLogger("wan2")
@@ -125,11 +125,5 @@ class EncoderModule(L.LightningModule):
         warm, total = max(1, self.hparams.warmup_steps), max(1, int(self.trainer.max_steps))
         floor = self.hparams.min_lr_ratio
 
-        def schedule(step: int) -> float:  # linear warm-up, then cosine down to min_lr_ratio
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

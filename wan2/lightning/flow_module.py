@@ -27,6 +27,19 @@ def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step:
             lg.log_video("samples/videos", [str(v) for v in videos], step=step, caption=captions[: len(videos)])
 
 
+
+def warmup_cosine(warm: int, total: int, floor: float):
+    """LR multiplier per step: linear warm-up over ``warm`` steps, then cosine from 1 down to ``floor``."""
+    import math
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        p = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return schedule
+
 class FlowMatchingModule(L.LightningModule):
     """Rectified-flow objective: predict u = eps - x0 at z_t = (1 - t) x0 + t eps."""
 
@@ -113,15 +126,7 @@ class FlowMatchingModule(L.LightningModule):
         total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000))
         warm, floor = max(1, self.hparams.warmup_steps), self.hparams.min_lr_ratio
 
-        def schedule(step: int) -> float:  # linear warm-up, then cosine to min_lr_ratio
-            import math
-
-            if step < warm:
-                return (step + 1) / warm
-            p = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
