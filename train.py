@@ -1,5 +1,6 @@
 """Train any wan2 experiment: ``python train.py experiment=NAME [overrides]`` (see configs/experiment/)."""
 
+import difflib
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def check_group_overrides(args: list[str]) -> str | None:
-    """A one-line error when ``group=name`` names no configs/<group>/<name>.yaml (Hydra's own is multi-line)."""
+    """A one-line error when ``group=name`` names no configs/<group>/<name>.yaml, or when an override cannot be
+    applied at all (an unknown key, bad syntax): Hydra's own messages span several lines."""
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or not key.isidentifier() or not (CONFIGS / key).is_dir() or key == "hydra":
@@ -22,7 +24,54 @@ def check_group_overrides(args: list[str]) -> str | None:
         if not (CONFIGS / key / f"{value}.yaml").is_file():
             options = sorted(p.stem for p in (CONFIGS / key).glob("*.yaml"))
             return f"{key}: {value!r} is not one of {options}"
-    return None
+    if any(a.startswith("-") for a in args):  # --multirun, --cfg, -cn ...: left to Hydra
+        return None
+    return _override_problem([a for a in args if not a.lstrip("+~").startswith("hydra")])
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def _override_problem(overrides: list[str]) -> str | None:
+    """Compose the config as Hydra will (about 0.3 s, nothing resolved); a failure as one line naming the key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    try:
+        _compose(overrides)
+        return None
+    except HydraException as err:
+        cause, text = err.__cause__, str(err)
+    one_line = " ".join(ln.strip() for ln in text.splitlines() if ln.strip() and "hydra.cc/docs" not in ln)
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and key:
+        arg = next((a for a in overrides if a.lstrip("+~").partition("=")[0].startswith(key)), None)
+        parent, _, leaf = key.rpartition(".")
+        try:
+            cfg = _compose([a for a in overrides if a != arg])
+            keys = sorted(OmegaConf.select(cfg, parent) if parent else cfg)
+        except Exception:  # noqa: BLE001  (only for the list of keys)
+            keys = []
+        near = difflib.get_close_matches(leaf, keys, 1)
+        hint = f"did you mean {'.'.join(filter(None, [parent, near[0]]))}? " if near else ""
+        known = f" (allowed: {keys})" if keys else ""
+        return f"{key}: no such key{known}; {hint}to add a new key write +{(arg or key).lstrip('+~')}"
+    if key:
+        return f"{key}: {one_line} ({str(cause).splitlines()[0]})"
+    parser = OverridesParser.create()
+    for arg in overrides:
+        try:
+            parser.parse_overrides([arg])
+        except HydraException:
+            return f"{arg.lstrip('+~').partition('=')[0]}: cannot parse {arg!r}: {one_line}"
+    arg = next((a for a in overrides if a.lstrip("+~").partition("=")[0] in text), None)
+    return f"{arg.lstrip('+~').partition('=')[0]}: {one_line}" if arg else one_line
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

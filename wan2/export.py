@@ -23,17 +23,36 @@ def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         _share(tmp)
-        old = None
-        if target.exists():
+        if not target.exists():
+            os.replace(tmp, target)
+        elif _exchange(tmp, target):  # one syscall: the old and the new swap names
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # no renameat2: a short window in which only the .old copy exists
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
+            os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where that is unavailable."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _share(root: Path) -> None:

@@ -16,12 +16,20 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import wan2.config_resolvers  # noqa: F401
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.export import atomic_write_text
+from wan2.lightning.reliability import (
+    PREEMPTED_EXIT_CODE,
+    AtomicCheckpointIO,
+    NonFiniteError,
+    Preempted,
+    UnsafeCheckpointError,
+)
 
 log = logging.getLogger("wan2")
 
@@ -50,13 +58,29 @@ def _resolve_ckpt(ckpt_path, out_dir: Path):
         return str(last) if last.exists() else None
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)")
+    from wan2.lightning.reliability import safe_torch_load
+
+    safe_torch_load(ckpt_path)  # refuse a pickle before anything is built (UnsafeCheckpointError)
     return ckpt_path
+
+
+def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
+    """Always installed: per-step seeding (exact resume), the non-finite step guard, preemption handling."""
+    from wan2.lightning.reliability import NonFiniteGuard, Preemption, StepSeed
+
+    rel = cfg.get("reliability") or {}
+    return [
+        StepSeed(cfg.seed),
+        NonFiniteGuard(int(rel.get("max_nonfinite_in_row", 20))),
+        Preemption(out_dir / "checkpoints", tuple(rel.get("preemption_signals", ["SIGUSR1"]))),
+    ]
 
 
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     validate(cfg)
     out_dir = Path(cfg.paths.output_dir)
+    ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
@@ -68,14 +92,20 @@ def train(cfg: DictConfig) -> dict:
         datamodule.bind_backbone(backbone)
     module = hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(backbone=backbone)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += reliability_callbacks(cfg, out_dir)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 plugins=[AtomicCheckpointIO()])
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), out_dir))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException as err:
+        raise Preempted(f"preempted at step {trainer.global_step}: saved {out_dir / 'checkpoints' / 'last.ckpt'}; "
+                        f"resume with ckpt_path=last paths.output_dir={out_dir}") from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     metrics.update({"global_step": int(trainer.global_step), "train_seconds": round(time.time() - start, 1)})
     if trainer.is_global_zero and not trainer.interrupted and cfg.get("export", {}).get("enabled", True):
@@ -97,9 +127,15 @@ def run_cli(fn, cfg: DictConfig):
 
     try:
         return fn(cfg)
-    except (ConfigError, BackboneError) as err:
+    except (ConfigError, BackboneError, UnsafeCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Preempted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     finally:
         try:
             import wandb

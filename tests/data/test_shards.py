@@ -81,7 +81,7 @@ def test_killed_write_leaves_no_half_shard(tmp_path, samples):
     assert sorted(os.listdir(tmp_path)) == ["s-000000.tar"]  # complete shard only, no manifest, no .tmp
     assert read_manifest(tmp_path, "s") is None
     with tarfile.open(tmp_path / "s-000000.tar") as tar:
-        assert len(tar.getnames()) == 9
+        assert len(tar.getnames()) == 12  # 3 samples x (mp4, txt, json, sha256)
 
 
 def _bad_samples(good):

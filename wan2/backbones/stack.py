@@ -193,7 +193,8 @@ def load_vae(path: str | Path) -> AutoencoderKLWan:
     if not (path / "config.json").is_file():
         raise BackboneError(f"model.vae_pretrained: {str(path)!r} has no config.json "
                             "(run `python train.py experiment=vae_tiny` first)")
-    return AutoencoderKLWan.from_pretrained(str(path)).eval()
+    _require_safetensors(path, "model.vae_pretrained")
+    return AutoencoderKLWan.from_pretrained(str(path), use_safetensors=True).eval()
 
 
 def _transformer_kwargs(t: dict) -> dict:
@@ -214,7 +215,10 @@ def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=Non
     if kind != "WanPipeline":
         raise BackboneError(f"model.pretrained: {str(path)!r} holds a {kind}, expected a WanPipeline")
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    pipe = WanPipeline.from_pretrained(str(path), **kwargs)
+    for sub in ("transformer", "transformer_2", "vae", "text_encoder"):
+        if (path / sub).is_dir():
+            _require_safetensors(path / sub, f"model.pretrained ({sub})")
+    pipe = WanPipeline.from_pretrained(str(path), use_safetensors=True, **kwargs)
     if text_len is None:
         extra = _read_wan2_meta(path)
         text_len = int(extra.get("text_len", 512))
@@ -230,6 +234,19 @@ def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=Non
         expand_timesteps=bool(pipe.config.get("expand_timesteps", False)),
         extra={**_read_wan2_meta(path), "source": str(path)},
     ).eval()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _require_safetensors(folder: Path, key: str) -> None:
+    """Weights load only from safetensors: a folder holding only pickled weights is refused (untrusted code)."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise BackboneError(f"{key}: {str(folder)!r} holds pickled weights {pickles[:3]} and no .safetensors; "
+                            "wan2 loads safetensors only (convert them with diffusers' save_pretrained)")
 
 
 def _read_wan2_meta(path: Path) -> dict:

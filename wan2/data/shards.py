@@ -1,14 +1,19 @@
 """WebDataset tar shards of short videos: writing (atomic) and reading (split, shuffled, checked).
 
-A sample is three tar members sharing a key: ``<key>.mp4`` (H.264, see ``wan2.data.video``), ``<key>.txt``
-(the caption, UTF-8) and ``<key>.json`` (metadata). Readers decode it to ``{"video": float (C, F, H, W) in
-[-1, 1], "caption": str, "meta": dict, "key": str}``. Bad samples are skipped and counted by kind in a
-``BadSampleCounter``; too many of them stop the run with ``DataQualityError``.
+A sample is tar members sharing a key: ``<key>.mp4`` (H.264, see ``wan2.data.video``), ``<key>.txt`` (the
+caption, UTF-8), ``<key>.json`` (metadata) and ``<key>.sha256`` (hex SHA-256 of the mp4 bytes; optional when
+reading). Readers decode it to ``{"video": float (C, F, H, W) in [-1, 1], "caption": str, "meta": dict,
+"key": str}``. Bad samples are skipped and counted by kind in a ``BadSampleCounter``; too many of them stop
+the run with ``DataQualityError``.
+
+The checksum is what catches damaged bytes inside the video stream: H.264 decoders often conceal such damage
+and return frames of the right size, which no shape check can tell from a good clip.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 BAD_KINDS = (
     "empty",  # zero-byte mp4
     "truncated",  # mp4 boxes run past the end of the data
+    "corrupt",  # mp4 bytes differ from the .sha256 written with them
     "undecodable",  # not a video, or the decoder fails
     "wrong_frames",  # frame count differs from num_frames
     "wrong_size",  # (H, W) differs from (height, width)
@@ -198,6 +204,11 @@ def decode_sample(sample: dict, spec: SampleSpec) -> dict:
     damage = mp4_damage(data)
     if damage == "truncated":
         raise BadSample("truncated", f"mp4 boxes run past the end of {len(data)} bytes")
+    expected = sample.get("sha256")
+    if expected is not None:
+        expected = expected.decode("ascii", errors="replace").strip().lower()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise BadSample("corrupt", f"sha256 of the {len(data)} mp4 bytes differs from {expected[:12]}...")
     try:
         frames = decode_mp4(data)  # (F, H, W, 3) uint8
     except VideoDecodeError as err:
@@ -335,11 +346,13 @@ def make_sample(key: str, frames: np.ndarray, caption: str, meta: dict, fps: flo
     """A tar sample (all values bytes) from uint8 frames (F, H, W, 3); ``key`` must not contain dots."""
     if "." in key or "/" in key or not key:
         raise ValueError(f"key: {key!r} must be non-empty without '.' or '/'")
+    mp4 = encode_mp4(frames, fps)
     return {
         "__key__": key,
-        "mp4": encode_mp4(frames, fps),
+        "mp4": mp4,
         "txt": caption.encode("utf-8"),
         "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
+        "sha256": hashlib.sha256(mp4).hexdigest().encode("ascii"),
     }
 
 

@@ -6,7 +6,7 @@ import os
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from wan2.data.datasets import RankJumpVideoDataset, collate
 from wan2.data.rankjump import RankJumpConfig
@@ -33,6 +33,40 @@ class EpochShuffle(RandomSampler):
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
 
 
+class SkippingBatchSampler(BatchSampler):
+    """A BatchSampler that leaves out the first ``skip`` batches of its next pass (then forgets ``skip``)."""
+
+    skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position inside an epoch is saved in Lightning checkpoints.
+
+    Lightning stores ``state_dict()`` of every loader that has one and hands it back on resume; the state is
+    the number of batches already trained this epoch (``progress()``), and the resumed pass skips them by
+    index, without loading their data. With the (seed, epoch) shuffle this restores the exact data position.
+    """
+
+    def __init__(self, *args, progress=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.batch_sampler, SkippingBatchSampler):
+            raise TypeError("ResumableDataLoader needs batch_sampler=SkippingBatchSampler(...)")
+        self.progress = progress
+
+    def state_dict(self) -> dict:
+        return {"batches_done": int(self.progress()) if self.progress is not None else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        done = int(state.get("batches_done", 0))
+        self.batch_sampler.skip = done if done < len(self.batch_sampler) else 0
+
+
 class RankJumpDataModule(L.LightningDataModule):
     """RankJump clips rendered on the fly (no files): deterministic by (split, index), any world size."""
 
@@ -52,10 +86,15 @@ class RankJumpDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's seed, as Lightning's DDP sampler
-        sampler = EpochShuffle(self.train_set, seed)
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=self.hparams.num_workers, drop_last=True,
-                          persistent_workers=self.hparams.num_workers > 0)
+        batches = SkippingBatchSampler(EpochShuffle(self.train_set, seed), self.hparams.batch_size, drop_last=True)
+        return ResumableDataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
+                                   num_workers=self.hparams.num_workers,
+                                   persistent_workers=self.hparams.num_workers > 0, progress=self._batches_done)
+
+    def _batches_done(self) -> int:
+        """Training batches finished in the current epoch (Lightning's progress counter)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate,

@@ -113,7 +113,9 @@ class FlowMatchingModule(L.LightningModule):
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # here, not in on_train_batch_end: checkpoint callbacks run before that hook
+        # here, not in on_train_batch_end: checkpoint callbacks run before that hook. A step the
+        # NonFiniteGuard skipped changed no weight, so the EMA does not move either.
+        if self.ema is not None and not getattr(self, "skip_ema_update", False):
             self.ema.update()
 
     def configure_optimizers(self):
@@ -130,21 +132,13 @@ class FlowMatchingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
+        # RNG state is not saved: wan2.lightning.reliability.StepSeed reseeds every training step
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
-        # noise, timesteps and caption dropout continue exactly after a resume
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint):
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
-        rng = checkpoint.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
 
     # -- validation: sample held-out prompts, judge the motion ----------------------------------------
     def ema_weights(self):
