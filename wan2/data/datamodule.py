@@ -41,7 +41,8 @@ def _identity(batch):
 class VideoDataModule(L.LightningDataModule):
     """Batches ``{"video": (B, C, F, H, W) in [-1, 1], "caption": [str], "meta": [dict], "key": [str]}``.
 
-    Shards are split by rank then by worker; batching happens inside the workers. ``epoch_size`` (samples
+    Shards (paths, globs, brace patterns, lists of them, ``pipe:`` URLs) are split by the trainer's rank, then
+    by worker, with no shard read twice in a pass; batching happens inside the workers. ``epoch_size`` (samples
     per epoch over all ranks) turns the shards into an endless, reshuffled stream cut into epochs of that
     size (``with_epoch``); without it an epoch is one pass over the shards. Workers are persistent so that
     each epoch reshuffles. Bad samples are skipped and counted: see ``bad_counts`` and ``BadSampleLogger``.
@@ -93,6 +94,12 @@ class VideoDataModule(L.LightningDataModule):
             return self.trainer.world_size
         return pytorch_worker_info()[1]
 
+    def _rank(self) -> dict:
+        """The trainer's rank for the shard split (see ``SplitByNode``); without a trainer: read in the workers."""
+        if self.trainer is None:
+            return {}
+        return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
+
     def _dataset(self, split: str, shards, shuffle_buffer: int):
         readers = self._world_size() * max(1, self.num_workers)
         urls = expand_shards(shards)
@@ -113,6 +120,7 @@ class VideoDataModule(L.LightningDataModule):
             shuffle_buffer=shuffle_buffer,
             seed=self.seed,
             counter=counter,
+            **self._rank(),
         )
 
     def _loader(self, ds) -> DataLoader:

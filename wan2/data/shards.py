@@ -24,9 +24,11 @@ import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import webdataset as wds
+from webdataset.shardlists import expand_urls
 from webdataset.utils import PipelineStage, pytorch_worker_info
 
 from wan2.data.video import VideoDecodeError, decode_mp4, encode_mp4, frames_to_tensor
@@ -285,7 +287,11 @@ def _buffer_shuffle(src: Iterable, bufsize: int, rng: random.Random) -> Iterator
 
 
 def expand_shards(spec: str | Iterable[str]) -> str | list[str]:
-    """Expand local globs (``dir/*.tar``); brace patterns, ``::`` lists and ``pipe:`` URLs pass to webdataset."""
+    """Expand local globs (``dir/*.tar``); one brace pattern, ``::`` list or ``pipe:`` URL passes to webdataset.
+
+    In a list, every item is expanded here (globs, braces, ``::``), since webdataset expands only a string:
+    ``["pipe:aws s3 cp s3://b/a-{000..009}.tar -", "dir/*.tar"]`` becomes one URL per shard.
+    """
     if isinstance(spec, (str, os.PathLike)):
         spec = os.fspath(spec)
         if not spec.startswith("pipe:") and "://" not in spec and any(c in spec for c in "*?["):
@@ -297,8 +303,26 @@ def expand_shards(spec: str | Iterable[str]) -> str | list[str]:
     out: list[str] = []
     for s in spec:
         e = expand_shards(s)
-        out.extend([e] if isinstance(e, str) else e)
+        out.extend(expand_urls(e) if isinstance(e, str) else e)
     return out
+
+
+class SplitByNode:
+    """Shard splitter for a fixed (rank, world_size): rank r reads shards r, r + world_size, ...
+
+    webdataset's ``split_by_node`` looks the rank up where the shards are listed, in each DataLoader worker:
+    ``RANK``/``WORLD_SIZE`` or an initialized torch.distributed. Under ``srun`` Lightning sets neither variable,
+    and a worker started by spawn or forkserver (not fork) has no process group, so every rank would read every
+    shard. The DataModule passes the trainer's rank instead. A class, not a closure, so that it pickles.
+    """
+
+    def __init__(self, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, src: Iterable) -> Iterator:
+        return islice(src, self.rank, None, self.world_size)
 
 
 def shard_dataset(
@@ -313,19 +337,26 @@ def shard_dataset(
     max_bad_fraction: float = 0.05,
     min_seen: int = 200,
     shard_shuffle: bool | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> wds.WebDataset:
     """WebDataset of decoded, checked samples, split by node (rank) and by DataLoader worker.
 
-    Shards are split first by rank (``RANK``/``WORLD_SIZE`` or torch.distributed), then by worker, so
-    each shard is read by one (rank, worker) per pass. With ``shuffle_buffer > 0`` the shard order and the
-    samples are shuffled, seeded by (seed, pass, rank, worker).
+    Shards are split first by rank, then by worker, so each shard is read by one (rank, worker) per pass;
+    the shard list is cut before it is shuffled, so the parts never overlap. ``rank``/``world_size`` fix the
+    rank (``SplitByNode``); without them it is read in each worker from ``RANK``/``WORLD_SIZE`` or
+    torch.distributed. ``pipe:`` URLs (``pipe:aws s3 cp s3://b/train-{000000..000099}.tar -``) are opened as
+    shell commands that write the tar to stdout. With ``shuffle_buffer > 0`` the shard order and the samples
+    are shuffled, seeded by (seed, pass, rank, worker).
     """
     counter = counter or BadSampleCounter(max_bad_fraction, min_seen)
     shard_shuffle = shuffle_buffer > 0 if shard_shuffle is None else shard_shuffle
+    if (rank is None) != (world_size is None):
+        raise ValueError("shard_dataset: give both rank and world_size, or neither")
     ds = wds.WebDataset(
         expand_shards(shards),
         handler=counter.tar_handler,
-        nodesplitter=wds.split_by_node,
+        nodesplitter=wds.split_by_node if world_size is None else SplitByNode(rank, world_size),
         workersplitter=wds.split_by_worker,
         shardshuffle=1000 if shard_shuffle else False,
         detshuffle=True,
