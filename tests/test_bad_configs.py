@@ -164,7 +164,8 @@ CASES = {
         "not a valid regex",
     ),
     "lora_init_unknown": (["experiment=lora_rankup", "lora.init=kaiming"], "lora.init", "'gaussian'"),
-    "lora_expert_unknown": (["experiment=lora_rankup", "objective.expert=mid"], "objective.expert", "'low'"),
+    "lora_expert_unknown": (["experiment=lora_rankup", "objective.expert=mid"], "objective.expert", "'both'"),
+    "expert_low_on_one_transformer": (["objective.expert=low"], "objective.expert", "two-expert model"),
     # trainer
     "max_steps_zero": (["trainer.max_steps=0"], "trainer.max_steps", "an int >= 1 or -1"),
     "max_steps_string": (["trainer.max_steps=many"], "trainer.max_steps", "an int >= 1 or -1"),
@@ -288,6 +289,9 @@ def test_good_edge_values_pass(tmp_path):
         ["objective=vae", "data.rankjump.height=20"],  # the VAE alone needs its stride 4, not x patch 2
         ["objective=encoder", "data.rankjump.width=20"],  # the RankJump encoder takes any size
         ["model=wan22_t2v_a14b", "data.rankjump.height=48"],  # 8 x 2 = 16 divides 48
+        ["model=wan22_t2v_a14b", "objective=lora", "objective.expert=both"],  # A14B: both experts
+        ["model=wan_tiny_moe", "objective.expert=low"],
+        ["objective.expert=high"],  # one transformer: high (the old LoRA default) is that transformer
         ["ckpt_path=last", "threads=1"],
     ):
         check_train_config(compose_cfg(overrides, outputs=tmp_path))

@@ -26,7 +26,7 @@ LORA_PRESETS = ("motion", "attention", "all")  # wan2.lora.adapters.TARGET_PRESE
 LORA_INITS = (True, False, "gaussian", "default")  # wan2.lora.adapters.lora_config(init=...)
 TIMESTEP_MODES = ("logit_normal", "uniform", "grid")  # wan2.diffusion.flow.sample_training_sigmas
 LOSS_WEIGHTINGS = ("none", "bell")  # wan2.lightning.flow_module.FlowMatchingModule
-EXPERTS = ("high", "low")  # wan2.lightning.lora_module.LoRAModule
+EXPERTS = ("high", "low", "both")  # wan2.lightning.experts.EXPERTS (objective.expert; null also allowed)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # lightning.Trainer(accelerator=...)
 PRECISIONS = (
     "32-true",
@@ -39,6 +39,22 @@ PRECISIONS = (
     "transformer-engine-float16",
 )  # lightning's _PRECISION_INPUT_STR
 PRECISION_ALIASES = ("32", "16", "bf16", "64", 32, 16, 64)  # the legacy spellings Lightning still takes
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "fsdp",
+    "fsdp_cpu_offload",
+    "deepspeed",
+    "deepspeed_stage_2",
+    "deepspeed_stage_3",
+    "single_device",
+)  # lightning.pytorch.strategies.StrategyRegistry names (those that run here), or a {_target_: ...} mapping
+FSDP_STATE_DICT_TYPES = ("full", "sharded")  # lightning.pytorch.strategies.FSDPStrategy(state_dict_type=...)
 TIMEDELTA_KEYS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
 # Every module of a WanTransformer3DModel (block N written once, as blocks.0): those LoRA (PEFT) can wrap and
 # the rest. A target regex must full-match at least one of the first and none of the others (PEFT raises there).
@@ -209,10 +225,11 @@ def _check_run(cfg: DictConfig) -> None:
             _err(f"reliability.preemption_signals: {_show(signals)} must be a list of {allowed} "
                  "(SIGTERM is always handled)")
     ckpt = _get(cfg, "ckpt_path")
-    if ckpt not in (_MISSING, None, "", "none", "last") and not Path(str(ckpt)).is_file():
+    sharded = ckpt not in (_MISSING, None) and (Path(str(ckpt)) / "meta.pt").is_file()  # an FSDP checkpoint dir
+    if ckpt not in (_MISSING, None, "", "none", "last") and not Path(str(ckpt)).is_file() and not sharded:
         _err(
-            f"ckpt_path: {ckpt!r} is not a file (allowed: a .ckpt file, 'last' for this run folder's "
-            "checkpoints/last.ckpt, or null)"
+            f"ckpt_path: {ckpt!r} is not a file (allowed: a .ckpt file, a sharded FSDP checkpoint folder, 'last' "
+            "for this run folder's checkpoints/last.ckpt, or null)"
         )
 
 
@@ -241,6 +258,7 @@ def _check_model(cfg: DictConfig) -> None:
             )
     _int(cfg, "model.text_len", 1)
     _bool(cfg, "model.train_text_encoder")
+    _bool(cfg, "model.gradient_checkpointing")
     _num(cfg, "model.boundary_ratio", 0, 1, lo_open=True, hi_open=True, none_ok=True)
     _check(
         cfg,
@@ -278,6 +296,19 @@ def _geometry(cfg: DictConfig) -> tuple[int, int, list[int], int] | None:
         )
     except (TypeError, ValueError):
         return None
+
+
+def _num_experts(cfg: DictConfig) -> int | None:
+    """2 for a Wan2.2 A14B-style model (transformer_2 + boundary_ratio), 1 for one transformer; None when a
+    pretrained folder's model_index.json cannot be read (the backbone builder then says why)."""
+    pre = cfg.model.get("pretrained")
+    if pre:
+        index = _read_json(Path(str(pre)) / "model_index.json")
+        if not index:
+            return None
+        second = index.get("transformer_2")
+        return 2 if index.get("boundary_ratio") is not None and second and second[0] is not None else 1
+    return 2 if cfg.model.get("boundary_ratio") is not None else 1
 
 
 def _check_clip_size(cfg: DictConfig, at: str) -> None:
@@ -454,8 +485,14 @@ def _check_objective(cfg: DictConfig) -> None:
     _int(cfg, f"{o}.sample.num_inference_steps", 1)
     _num(cfg, f"{o}.sample.guidance_scale", 1)
     _int(cfg, f"{o}.sample.seed", 0, none_ok=True)
+    # Wan2.2 A14B experts (flow matching and LoRA)
+    expert = _choice(cfg, f"{o}.expert", EXPERTS, none_ok=True)
+    if expert in ("low", "both") and isinstance(cfg.get("model"), DictConfig) and _num_experts(cfg) == 1:
+        _err(
+            f"{o}.expert: {expert!r} needs a two-expert model (model=wan22_t2v_a14b, model.boundary_ratio set, or a "
+            "pretrained folder with transformer_2); this model has one transformer (allowed: null or 'high')"
+        )
     # LoRA
-    _choice(cfg, f"{o}.expert", EXPERTS)
     _bool(cfg, f"{o}.fuse")
     if "lora" in obj:
         _check_lora(cfg)
@@ -514,6 +551,20 @@ def _check_trainer(cfg: DictConfig) -> None:
         ),
         "an int >= 1, -1 (all), 'auto', or a list of device ids",
     )
+    _int(cfg, f"{t}.num_nodes", 1)
+    strategy = _get(cfg, f"{t}.strategy")
+    if isinstance(strategy, DictConfig):
+        _check(
+            cfg,
+            f"{t}.strategy._target_",
+            lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z_][\w.]*\.\w*Strategy", v) is not None,
+            "a strategy class path, e.g. 'lightning.pytorch.strategies.FSDPStrategy'",
+        )
+        _choice(cfg, f"{t}.strategy.state_dict_type", FSDP_STATE_DICT_TYPES)
+    elif strategy is not _MISSING:
+        _choice(cfg, f"{t}.strategy", STRATEGIES, shown=STRATEGIES + ("{_target_: ...Strategy}",))
+    _bool(cfg, f"{t}.use_distributed_sampler")
+    _bool(cfg, f"{t}.sync_batchnorm")
     # not ${wan2.auto_precision:...}: resolving it for a GPU imports torch
     if not OmegaConf.is_interpolation(cfg.trainer, "precision"):
         _choice(cfg, f"{t}.precision", PRECISIONS + PRECISION_ALIASES, none_ok=True, shown=PRECISIONS)

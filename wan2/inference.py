@@ -23,7 +23,7 @@ import torch
 
 from wan2.backbones.stack import WanBackbone, load_backbone
 from wan2.data.video import save_gif, write_mp4
-from wan2.lora.adapters import WEIGHT_NAME, check_lora_file
+from wan2.lora.adapters import WEIGHT_NAME, LoraFileError, check_lora_file, lora_component
 from wan2.rollout import assign_variant  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -118,16 +118,22 @@ class Wan2T2V:
 
     # -- LoRA -------------------------------------------------------------------------------------------
     def load_loras(self, paths: list, scales=None) -> None:
-        """Check every file first (one-line ``LoraFileError``), then load each as adapter ``lora_N``."""
+        """Check every file first (one-line ``LoraFileError``), then load each as adapter ``lora_N``; an A14B
+        low-noise expert adapter (``export/lora_2``, see ``lora_component``) goes into ``transformer_2``."""
         files = []
         for p in paths:
             p = Path(p)
             f = p / WEIGHT_NAME if p.is_dir() else p
-            check_lora_file(f, self.backbone.transformer)
-            files.append(f)
-        for f in files:
+            component = lora_component(f)
+            if getattr(self.backbone, component) is None:
+                raise LoraFileError(f"lora: {str(f)!r} adapts {component} (the Wan2.2 A14B low-noise expert); "
+                                    "this model has one transformer")
+            check_lora_file(f, getattr(self.backbone, component))
+            files.append((f, component))
+        for f, component in files:
             name = f"lora_{len(self.lora_names)}"
-            self.pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
+            into_2 = {"load_into_transformer_2": True} if component == "transformer_2" else {}
+            self.pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name, **into_2)
             self.lora_names.append(name)
         self.set_lora_scales(1.0 if scales is None else scales)
 

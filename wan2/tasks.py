@@ -23,6 +23,7 @@ import wan2.config_resolvers  # noqa: F401
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.export import atomic_write_text
+from wan2.lightning.distributed import is_fsdp
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
@@ -56,12 +57,28 @@ def _resolve_ckpt(ckpt_path, out_dir: Path):
     if ckpt_path == "last":
         last = out_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.exists() else None
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)")
     from wan2.lightning.reliability import safe_torch_load
 
+    if Path(ckpt_path).is_dir() and (Path(ckpt_path) / "meta.pt").is_file():  # a sharded (FSDP) checkpoint
+        safe_torch_load(Path(ckpt_path) / "meta.pt")
+        return ckpt_path
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)")
     safe_torch_load(ckpt_path)  # refuse a pickle before anything is built (UnsafeCheckpointError)
     return ckpt_path
+
+
+RUN_DIR_ENV = "WAN2_RUN_DIR"
+
+
+def _share_run_dir(cfg: DictConfig) -> None:
+    """One run folder for all ranks. Lightning starts ranks 1.. of a DDP / FSDP run by running train.py again
+    (with the environment of rank 0): there ``${now:...}`` in ``paths.output_dir`` may name a later second, and
+    ``ckpt_path=last`` would look in the wrong folder. Rank 0 passes its folder on in ``WAN2_RUN_DIR``."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
+        cfg.paths.output_dir = os.environ[RUN_DIR_ENV]
+    else:
+        os.environ[RUN_DIR_ENV] = str(cfg.paths.output_dir)
 
 
 def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
@@ -79,6 +96,7 @@ def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     validate(cfg)
+    _share_run_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +112,10 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += reliability_callbacks(cfg, out_dir)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    # FSDP writes sharded checkpoint directories itself (no CheckpointIO): atomic single files otherwise
+    plugins = [] if is_fsdp(cfg.trainer.get("strategy")) else [AtomicCheckpointIO()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 plugins=[AtomicCheckpointIO()])
+                                                 plugins=plugins)
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -152,8 +152,9 @@ def build_backbone(model_cfg, components: tuple[str, ...] = COMPONENTS, device: 
     ``device="meta"`` builds the architecture without allocating weights (for parameter counts and plans).
     """
     cfg = _as_dict(model_cfg)
+    checkpointing = bool(cfg.get("gradient_checkpointing", False))
     if cfg.get("pretrained"):
-        return load_backbone(cfg["pretrained"], text_len=cfg.get("text_len"))
+        return load_backbone(cfg["pretrained"], text_len=cfg.get("text_len"), gradient_checkpointing=checkpointing)
     ctx = torch.device("meta") if device == "meta" else contextlib.nullcontext()
     text_len = int(cfg.get("text_len", 512))
     tokenizer = build_tokenizer(text_len) if "tokenizer" in components else None
@@ -184,6 +185,20 @@ def build_backbone(model_cfg, components: tuple[str, ...] = COMPONENTS, device: 
         text_len=text_len,
         expand_timesteps=bool(cfg.get("expand_timesteps", False)),
     )
+    return set_gradient_checkpointing(bb, checkpointing)
+
+
+def set_gradient_checkpointing(bb: WanBackbone, enabled: bool) -> WanBackbone:
+    """Recompute each transformer block's activations in backward instead of keeping them (diffusers'
+    ``enable_gradient_checkpointing``): the same loss and gradients for about a third more compute and far less
+    activation memory (``model.gradient_checkpointing``)."""
+    for t in (bb.transformer, bb.transformer_2):
+        if t is None:
+            continue
+        if enabled:
+            t.enable_gradient_checkpointing()
+        else:
+            t.disable_gradient_checkpointing()
     return bb
 
 
@@ -203,7 +218,8 @@ def _transformer_kwargs(t: dict) -> dict:
     return t
 
 
-def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=None) -> WanBackbone:
+def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=None,
+                  gradient_checkpointing: bool = False) -> WanBackbone:
     """Load a stack from a local diffusers directory (a wan2 export or an official Wan 2.2 release)."""
     path = Path(path)
     if not path.is_dir():
@@ -222,18 +238,37 @@ def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=Non
     if text_len is None:
         extra = _read_wan2_meta(path)
         text_len = int(extra.get("text_len", 512))
-    return WanBackbone(
+    bb = WanBackbone(
         tokenizer=pipe.tokenizer,
         text_encoder=pipe.text_encoder,
         vae=pipe.vae,
         transformer=pipe.transformer,
-        scheduler=pipe.scheduler,
+        scheduler=flow_euler_scheduler(pipe.scheduler),
         transformer_2=pipe.transformer_2,
         boundary_ratio=pipe.config.get("boundary_ratio"),
         text_len=int(text_len),
         expand_timesteps=bool(pipe.config.get("expand_timesteps", False)),
         extra={**_read_wan2_meta(path), "source": str(path)},
     ).eval()
+    return set_gradient_checkpointing(bb, gradient_checkpointing)
+
+
+def flow_euler_scheduler(scheduler) -> FlowMatchEulerDiscreteScheduler:
+    """The Euler flow-matching scheduler the repo's sampler implements, with the same shift and timestep count.
+
+    The official Wan 2.x diffusers releases (e.g. Wan2.2-T2V-A14B-Diffusers) ship ``UniPCMultistepScheduler``
+    with flow sigmas (``flow_shift``); wan2 trains, samples and exports with ``FlowMatchEulerDiscreteScheduler``
+    (``shift``) so that an export reproduces ``wan2.sampling`` exactly. Other flow schedulers are converted;
+    anything else is refused.
+    """
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return scheduler
+    cfg = scheduler.config
+    if not (cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction"):
+        raise BackboneError(f"model.pretrained: scheduler {type(scheduler).__name__} is not a flow-matching "
+                            "scheduler (expected FlowMatchEulerDiscreteScheduler or UniPC with use_flow_sigmas)")
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
+                                           shift=float(cfg.get("flow_shift") or 1.0))
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

@@ -112,7 +112,10 @@ def cache_mismatch(cache_dir: str | Path, backbone, *, with_text: bool = False, 
 
 
 class LatentCacheDataset(Dataset):
-    """Items ``{"latents", "caption", "meta"[, "text_emb"]}`` from a cache checked against ``backbone``."""
+    """Items ``{"latents", "caption", "meta", "index"[, "text_emb"]}`` from a cache checked against ``backbone``.
+
+    ``index`` is the item's position (a 0-d long tensor), as ``RankJumpVideoDataset`` gives it.
+    """
 
     def __init__(self, cache_dir: str | Path, backbone, with_text: bool = False):
         cache_dir = Path(cache_dir)
@@ -138,7 +141,8 @@ class LatentCacheDataset(Dataset):
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"latents": self.latents[i], "caption": self.captions[i], "meta": self.meta[i]}
+        item = {"latents": self.latents[i], "caption": self.captions[i], "meta": self.meta[i],
+                "index": torch.tensor(i, dtype=torch.long)}
         if self.text_emb is not None:
             item["text_emb"] = self.text_emb[i]
         return item

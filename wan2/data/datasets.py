@@ -22,7 +22,11 @@ def video_to_frames(video: torch.Tensor):
 
 
 class RankJumpVideoDataset(Dataset):
-    """RankJump as training samples: ``{"video": (3, F, H, W) in [-1, 1], "caption": str, "meta": dict}``."""
+    """RankJump as training samples: ``{"video": (3, F, H, W) in [-1, 1], "caption": str, "meta": dict, "index"}``.
+
+    ``index`` (a 0-d long tensor; (B,) after ``collate``) is the sample's position in the dataset: training keys
+    its noise by it (``wan2.diffusion.rng``), so any world size draws the same noise for the same sample.
+    """
 
     def __init__(self, cfg: RankJumpConfig, split: str, size: int):
         self.rj = RankJump(cfg, split, size)
@@ -32,7 +36,8 @@ class RankJumpVideoDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clip = self.rj[i]
-        return {"video": frames_to_video(clip.frames), "caption": clip.caption, "meta": clip.meta}
+        return {"video": frames_to_video(clip.frames), "caption": clip.caption, "meta": clip.meta,
+                "index": torch.tensor(i, dtype=torch.long)}
 
 
 def collate(samples: list[dict]) -> dict:

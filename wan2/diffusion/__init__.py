@@ -9,3 +9,10 @@ from wan2.diffusion.flow import (  # noqa: F401
     shift_sigmas,
     velocity_target,
 )
+from wan2.diffusion.rng import (  # noqa: F401
+    draw_per_sample,
+    rand_per_sample,
+    randn_per_sample,
+    sample_generators,
+    sample_seed,
+)

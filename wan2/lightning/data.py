@@ -22,7 +22,12 @@ def rankjump_config(spec: dict | None) -> RankJumpConfig:
 
 
 class EpochShuffle(RandomSampler):
-    """Shuffle seeded by (seed, epoch) via Lightning's ``set_epoch``: the data order survives a resume."""
+    """Shuffle seeded by (seed, epoch) via Lightning's ``set_epoch``: the data order survives a resume.
+
+    Under DDP Lightning replaces it with ``DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED)``, whose
+    ``randperm`` seeded by seed + epoch is this same permutation; rank r takes its entries r, r + world, ...
+    So one step's batches over all ranks are the 1-process batch (tests/test_distributed.py checks both).
+    """
 
     def __init__(self, data_source, seed: int = 0):
         super().__init__(data_source)

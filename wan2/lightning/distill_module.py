@@ -36,6 +36,9 @@ class DistillModule(FlowMatchingModule):
 
     def __init__(self, backbone, teacher_steps: int = 32, student_steps: int = 4, guidance_scale: float = 5.0,
                  cfg_steps: int = 300, round_steps: int = 300, **kwargs):
+        if backbone.transformer_2 is not None:
+            raise ValueError("objective=distill: two-expert models (Wan2.2 A14B) are not supported; distil a "
+                             "one-transformer model (wan_tiny, wan22_ti2v_5b)")
         kwargs["train_text_encoder"] = False
         kwargs.setdefault("ema_decay", 0.0)
         super().__init__(backbone, **kwargs)

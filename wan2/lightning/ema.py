@@ -18,10 +18,24 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
+        if self.num_updates == 0:
+            self._check_whole()
         self.num_updates += 1
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         for n, p in self.params.items():
+            if self.shadow[n].device != p.device:  # built on the CPU before Lightning moved the model to the GPU
+                self.shadow[n] = self.shadow[n].to(p.device)
             self.shadow[n].lerp_(p.detach().float(), 1.0 - d)
+
+    def _check_whole(self) -> None:
+        """Sharded parameters (FSDP over several GPUs) hold a slice only: refuse them with the key to change."""
+        for n, p in self.params.items():
+            if p.shape != self.shadow[n].shape:
+                raise RuntimeError(
+                    f"objective.ema_decay: {n} is sharded ({tuple(p.shape)} of {tuple(self.shadow[n].shape)} on this "
+                    "rank) and the EMA keeps whole weights; set objective.ema_decay=0 with a sharded FSDP run "
+                    "(trainer=fsdp on one GPU, or trainer=ddp, keep it)"
+                )
 
     @contextlib.contextmanager
     def swapped(self):

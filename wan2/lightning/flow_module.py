@@ -6,6 +6,7 @@ EMA, validation by sampling held-out prompts and judging the motion, and the exp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -13,8 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from wan2.backbones.stack import WanBackbone
-from wan2.diffusion import add_noise, bell_weight, sample_training_sigmas, velocity_target
+from wan2.diffusion import (
+    add_noise,
+    bell_weight,
+    draw_per_sample,
+    rand_per_sample,
+    randn_per_sample,
+    sample_generators,
+    sample_training_sigmas,
+    velocity_target,
+)
 from wan2.lightning.ema import EMA
+from wan2.lightning.experts import expert_timesteps, experts_on, resolve_expert, routed_velocity
 
 
 def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step: int, limit: int = 8) -> None:
@@ -47,13 +58,21 @@ class FlowMatchingModule(L.LightningModule):
                  betas: tuple[float, float] = (0.9, 0.99), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
                  caption_dropout: float = 0.1, timesteps: dict | None = None, loss_weighting: str = "none",
                  ema_decay: float = 0.999, train_text_encoder: bool = False, text_lr_scale: float = 1.0,
-                 sample: dict | None = None):
+                 sample: dict | None = None, expert: str | None = None):
         super().__init__()
         self.backbone = backbone
-        self.transformer = backbone.transformer
+        # Wan2.2 A14B: the expert(s) that train are submodules (checkpoints, EMA, device moves); an idle one is
+        # frozen and left where it is (wan2.lightning.experts). One-transformer models: expert None.
+        self.expert = resolve_expert(backbone, expert)
+        self.transformer = backbone.transformer if self.expert in (None, "high", "both") else None
+        self.transformer_2 = backbone.transformer_2 if self.expert in ("low", "both") else None
+        for idle in (backbone.transformer, backbone.transformer_2):
+            if idle is not None and idle is not self.transformer and idle is not self.transformer_2:
+                idle.requires_grad_(False).eval()
         self.text_encoder = backbone.text_encoder
         self.save_hyperparameters(ignore=["backbone"])
-        self.timestep_cfg = {"mode": "logit_normal", "shift": 1.0, **(timesteps or {})}
+        self.timestep_cfg = expert_timesteps({"mode": "logit_normal", "shift": 1.0, **(timesteps or {})},
+                                             self.expert, backbone.boundary_ratio)
         self.sample_cfg = {"num_inference_steps": 25, "guidance_scale": 5.0, "seed": 0, **(sample or {})}
         self.backbone.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(train_text_encoder)
@@ -65,16 +84,45 @@ class FlowMatchingModule(L.LightningModule):
         """Hook: which transformer weights train (all here; adapters only in LoRAModule)."""
 
     def _trainable(self) -> dict[str, torch.nn.Parameter]:
-        named = {f"transformer.{n}": p for n, p in self.transformer.named_parameters() if p.requires_grad}
+        named = {f"{prefix}.{n}": p for prefix, m in self.trained_experts() for n, p in m.named_parameters()
+                 if p.requires_grad}
         if self.hparams.train_text_encoder:
             named |= {f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad}
         return named
+
+    # -- randomness per sample ------------------------------------------------------------------------
+    def sample_rng(self, batch, stream: str) -> list[torch.Generator] | None:
+        """One generator per sample keyed by (run seed, global step, dataset index, ``stream``), or None when
+        the batch has no ``index`` (then the global RNG, which StepSeed reseeds per step and rank, draws).
+
+        Keyed by sample, the draws do not depend on the world size: 1 process at batch 8 and 2 ranks at batch 4
+        train on the same noise, so their losses and all-reduced gradients match (tests/test_distributed.py).
+        """
+        if "index" not in batch:
+            return None
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's seed, as the data order uses
+        return sample_generators(seed, self.global_step, torch.as_tensor(batch["index"]).tolist(), stream)
+
+    def trained_experts(self) -> list[tuple[str, torch.nn.Module]]:
+        """(name, transformer) of each transformer that trains: ``transformer`` and / or ``transformer_2``."""
+        return [(n, m) for n, m in (("transformer", self.transformer), ("transformer_2", self.transformer_2))
+                if m is not None]
+
+    def velocity(self, zt: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """(B, C, F', H', W') prediction at timestep 1000 sigma; when both A14B experts train, each sample goes to
+        the expert of its sigma (``wan2.lightning.experts.routed_velocity``)."""
+        return routed_velocity(self.transformer, self.transformer_2, zt, sigma, cond, self.backbone.boundary_ratio)
 
     # -- conditioning ---------------------------------------------------------------------------------
     def text_condition(self, batch) -> torch.Tensor:
         """(B, L, D) prompt embeddings; a ``caption_dropout`` share of captions becomes "" (for CFG)."""
         captions = list(batch["caption"])
-        drop = torch.rand(len(captions)) < self.hparams.caption_dropout if self.training else torch.zeros(len(captions), dtype=torch.bool)
+        if self.training:
+            gens = self.sample_rng(batch, "caption_dropout")
+            u = rand_per_sample(gens) if gens is not None else torch.rand(len(captions))  # (B,)
+            drop = u < self.hparams.caption_dropout
+        else:
+            drop = torch.zeros(len(captions), dtype=torch.bool)
         if "text_emb" in batch and not self.hparams.train_text_encoder:
             emb = batch["text_emb"]
             if drop.any():
@@ -96,11 +144,17 @@ class FlowMatchingModule(L.LightningModule):
     def flow_loss(self, batch) -> torch.Tensor:
         x0 = self.latents_of(batch).float()  # (B, C, F', H', W')
         cond = self.text_condition(batch)
-        noise = torch.randn_like(x0)
-        sigma = sample_training_sigmas(x0.shape[0], **self.timestep_cfg).to(x0.device)  # (B,)
+        noise_rng, sigma_rng = self.sample_rng(batch, "noise"), self.sample_rng(batch, "sigma")
+        if noise_rng is None:
+            noise = torch.randn_like(x0)
+            sigma = sample_training_sigmas(x0.shape[0], **self.timestep_cfg)  # (B,)
+        else:  # per sample, by dataset index: the same draws at any world size
+            noise = randn_per_sample(x0.shape[1:], noise_rng).to(x0.device)  # (B, C, F', H', W')
+            sigma = draw_per_sample(lambda g: sample_training_sigmas(1, generator=g, **self.timestep_cfg),
+                                    sigma_rng)  # (B,)
+        sigma = sigma.to(x0.device)
         zt = add_noise(x0, noise, sigma)
-        pred = self.transformer(hidden_states=zt, timestep=sigma * 1000, encoder_hidden_states=cond,
-                                return_dict=False)[0]
+        pred = self.velocity(zt, sigma, cond)
         per_sample = F.mse_loss(pred.float(), velocity_target(x0, noise), reduction="none").mean(dim=(1, 2, 3, 4))
         if self.hparams.loss_weighting == "bell":
             per_sample = per_sample * bell_weight(sigma.cpu()).to(per_sample)
@@ -108,7 +162,8 @@ class FlowMatchingModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.flow_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        # sync_dist: the mean over all ranks, i.e. the loss of the global batch (equal batches per rank)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]), sync_dist=True)
         return loss
 
     def optimizer_step(self, *args, **kwargs):
@@ -118,8 +173,18 @@ class FlowMatchingModule(L.LightningModule):
         if self.ema is not None and not getattr(self, "skip_ema_update", False):
             self.ema.update()
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # FSDP: the norm is over every rank's shard, which only the root FSDP module computes (Lightning's
+        # precision plugin refuses algorithm "norm" there)
+        from wan2.lightning.distributed import is_fsdp
+
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_fsdp(self.trainer.strategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
-        groups = [{"params": [p for p in self.transformer.parameters() if p.requires_grad]}]
+        groups = [{"params": [p for _, m in self.trained_experts() for p in m.parameters() if p.requires_grad]}]
         if self.hparams.train_text_encoder:
             groups.append({"params": list(self.text_encoder.parameters()),
                            "lr": self.hparams.lr * self.hparams.text_lr_scale})
@@ -150,9 +215,10 @@ class FlowMatchingModule(L.LightningModule):
     def generate(self, captions: list[str], meta0: dict, seed: int) -> torch.Tensor:
         from wan2.sampling import sample_videos
 
-        return sample_videos(self.backbone, captions, num_frames=meta0["num_frames"], height=meta0["height"],
-                             width=meta0["width"], num_inference_steps=self.sample_cfg["num_inference_steps"],
-                             guidance_scale=self.sample_cfg["guidance_scale"], seed=seed)
+        with experts_on(self.backbone, self.device):  # an idle A14B expert joins for sampling only
+            return sample_videos(self.backbone, captions, num_frames=meta0["num_frames"], height=meta0["height"],
+                                 width=meta0["width"], num_inference_steps=self.sample_cfg["num_inference_steps"],
+                                 guidance_scale=self.sample_cfg["guidance_scale"], seed=seed)
 
     def validation_step(self, batch, batch_idx):
         from wan2.lightning.judging import judge_batch

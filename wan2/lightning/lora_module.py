@@ -1,4 +1,4 @@
-"""LoRA fine-tuning: flow matching on a frozen base with PEFT adapters on the transformer."""
+"""LoRA fine-tuning: flow matching on a frozen base with PEFT adapters on the transformer(s)."""
 
 from __future__ import annotations
 
@@ -7,62 +7,92 @@ from pathlib import Path
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.lora import add_lora, lora_config, save_lora
 
+# where each transformer's adapter is exported, named after the pipeline component it loads into
+LORA_DIRS = {"transformer": "lora", "transformer_2": "lora_2"}
+
 
 class LoRAModule(FlowMatchingModule):
-    """Adapters only: base transformer, text encoder and VAE stay frozen; export is a diffusers LoRA file.
+    """Adapters only: base transformer(s), text encoder and VAE stay frozen; export is a diffusers LoRA file per
+    trained transformer.
 
-    ``expert`` picks the Wan2.2 A14B expert to adapt: ``high`` (transformer, sigma >= boundary) or ``low``
-    (transformer_2, sigma < boundary); single-transformer models use ``high``.
+    ``expert`` (Wan2.2 A14B, see ``wan2.lightning.experts``): ``high`` adapts ``transformer`` (sigma >= boundary),
+    ``low`` adapts ``transformer_2`` (sigma < boundary), ``both`` puts one adapter of the same spec on each and
+    routes every sample to its expert; null: the single transformer of a one-expert model (``both`` on A14B).
     """
 
-    def __init__(self, backbone, lora: dict | None = None, expert: str = "high", fuse: bool = False, **kwargs):
-        self.lora_spec = {"rank": 16, "alpha": None, "dropout": 0.0, "targets": "motion", "init": True, **(lora or {})}
-        self.expert = expert
+    def __init__(
+        self, backbone, lora: dict | None = None, expert: str | None = None, fuse: bool = False, **kwargs
+    ):
+        self.lora_spec = {
+            "rank": 16,
+            "alpha": None,
+            "dropout": 0.0,
+            "targets": "motion",
+            "init": True,
+            **(lora or {}),
+        }
         kwargs["train_text_encoder"] = False
-        if expert not in ("high", "low"):
-            raise ValueError(f"objective.expert: {expert!r} is not one of high, low")
-        if backbone.boundary_ratio is not None:
-            ts = dict(kwargs.get("timesteps") or {})
-            b = float(backbone.boundary_ratio)
-            ts |= {"sigma_min": b, "sigma_max": 1.0} if expert == "high" else {"sigma_min": 0.0, "sigma_max": b}
-            kwargs["timesteps"] = ts
-            if expert == "low":
-                backbone.transformer, backbone.transformer_2 = backbone.transformer_2, backbone.transformer
-        super().__init__(backbone, **kwargs)
+        super().__init__(backbone, expert=expert, **kwargs)
         self.save_hyperparameters(ignore=["backbone"])
 
     def configure_trainable(self) -> None:
-        self.peft_config = lora_config(**self.lora_spec)
-        self.num_trainable = add_lora(self.transformer, self.peft_config)
-        self.num_base = sum(p.numel() for n, p in self.transformer.named_parameters() if "lora_" not in n)
+        self.peft_configs, self.num_params = {}, {}
+        for name, model in self.trained_experts():
+            self.peft_configs[name] = lora_config(**self.lora_spec)
+            trainable = add_lora(model, self.peft_configs[name])
+            base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+            self.num_params[name] = (trainable, base)
+        self.num_trainable = sum(t for t, _ in self.num_params.values())
+        self.num_base = sum(b for _, b in self.num_params.values())
 
     def on_fit_start(self) -> None:
         share = 100.0 * self.num_trainable / self.num_base
-        self.print(f"LoRA {self.lora_spec['targets']} rank {self.lora_spec['rank']}: {self.num_trainable:,} trainable "
-                   f"parameters = {share:.2f}% of the transformer ({self.num_base:,})")
+        where = " + ".join(self.num_params)
+        self.print(
+            f"LoRA {self.lora_spec['targets']} rank {self.lora_spec['rank']} on {where}: {self.num_trainable:,} "
+            f"trainable parameters = {share:.2f}% of the adapted transformer weights ({self.num_base:,})"
+        )
 
     def export(self, out_dir: Path, datamodule=None) -> dict:
-        """``export/lora/pytorch_lora_weights.safetensors`` (EMA weights); ``fuse=True`` adds ``export/fused``."""
-        extra = {"targets": self.lora_spec["targets"], "rank": self.lora_spec["rank"], "expert": self.expert,
-                 "trainable_params": self.num_trainable, "transformer_params": self.num_base,
-                 "base": self.backbone.extra.get("source")}
+        """EMA adapters as diffusers LoRA files: ``export/lora/pytorch_lora_weights.safetensors`` for ``transformer``
+        (the single model, or the A14B high-noise expert) and ``export/lora_2/`` for ``transformer_2`` (the A14B
+        low-noise expert). Stock diffusers loads them with::
+
+            pipe.load_lora_weights("export/lora")                                  # -> pipe.transformer
+            pipe.load_lora_weights("export/lora_2", load_into_transformer_2=True)  # -> pipe.transformer_2
+
+        ``fuse=True`` adds ``export/fused``: the whole pipeline with the adapters merged."""
         self.backbone.eval()
         with self.ema_weights():
-            save_lora(self.transformer, out_dir / "lora", self.peft_config, extra=extra)
+            for name, model in self.trained_experts():
+                trainable, base = self.num_params[name]
+                extra = {
+                    "targets": self.lora_spec["targets"],
+                    "rank": self.lora_spec["rank"],
+                    "expert": self.expert,
+                    "component": name,
+                    "load_into_transformer_2": name == "transformer_2",
+                    "trainable_params": trainable,
+                    "transformer_params": base,
+                    "base": self.backbone.extra.get("source"),
+                }
+                save_lora(model, out_dir / LORA_DIRS[name], self.peft_configs[name], extra=extra)
             if self.hparams.fuse:
                 self._export_fused(out_dir / "fused", datamodule)
-        return {"lora/trainable_params": self.num_trainable,
-                "lora/trainable_share": self.num_trainable / self.num_base}
+        return {
+            "lora/trainable_params": self.num_trainable,
+            "lora/trainable_share": self.num_trainable / self.num_base,
+        }
 
     def _export_fused(self, out_dir: Path, datamodule) -> None:
-        """Merge the adapter into a copy of the transformer and export the whole pipeline."""
+        """Merge each adapter into a copy of its transformer and export the whole pipeline (both experts)."""
         import copy
 
         from wan2.export import export_pipeline
 
-        fused = _merge_peft(copy.deepcopy(self.transformer))
         bb = copy.copy(self.backbone)
-        bb.transformer = fused
+        for name, model in self.trained_experts():
+            setattr(bb, name, _merge_peft(copy.deepcopy(model)))
         export_pipeline(bb, out_dir, sampling=dict(self.backbone.extra))
 
 

@@ -4,7 +4,9 @@
   ``weights_only=True`` only (a pickle of arbitrary objects is refused with a one-line error).
 - ``StepSeed``: the global RNG is reseeded from (seed, step, rank) before every training batch, so noise,
   timesteps and caption dropout of step N do not depend on what ran before it (validation, dataloader
-  iterators, a resume): a resumed run draws exactly what an uninterrupted one draws.
+  iterators, a resume): a resumed run draws exactly what an uninterrupted one draws. Batches that carry a
+  dataset ``index`` draw noise, timesteps and caption dropout per sample instead (``wan2.diffusion.rng``),
+  which also makes them independent of the world size; the global RNG still covers everything else.
 - ``NonFiniteGuard``: a step whose loss or gradient is not finite is skipped (no optimizer / EMA update),
   counted and logged; ``max_in_row`` of them in a row stop the run with ``NonFiniteError``.
 - ``Preemption``: SIGTERM (Lightning's own handler) or SIGUSR1 (as SLURM sends before a time limit) ends the
@@ -144,7 +146,9 @@ class NonFiniteGuard(L.Callback):
         if not self._loss_bad and params:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
             grad_bad = not bool(torch.isfinite(norm))
-        if not (self._loss_bad or grad_bad):
+        # every rank skips when any rank must (FSDP: each sees only its shard of the gradients; DDP: a rank's
+        # own loss): ranks that stepped apart would train different models
+        if not trainer.strategy.reduce_boolean_decision(self._loss_bad or grad_bad, all=False):
             self.in_row = 0
             return
         for p in params:

@@ -85,6 +85,19 @@ def save_lora(transformer, out_dir: str | Path, config: LoraConfig, extra: dict 
     return atomic_dir(out_dir, write)
 
 
+def lora_component(path: str | Path) -> str:
+    """The pipeline component a LoRA file adapts: ``transformer_2`` for an A14B low-noise expert adapter (its
+    ``wan2_lora.json`` says so; stock diffusers loads it with ``load_lora_weights(..., load_into_transformer_2=True)``),
+    else ``transformer``."""
+    path = Path(path)
+    meta = (path if path.is_dir() else path.parent) / "wan2_lora.json"
+    try:
+        component = json.loads(meta.read_text()).get("component") if meta.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        component = None
+    return "transformer_2" if component == "transformer_2" else "transformer"
+
+
 def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]:
     """Refuse a file that is not a diffusers LoRA or whose shapes do not fit ``transformer`` (one-line errors)."""
     path = Path(path)

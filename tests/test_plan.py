@@ -1,0 +1,322 @@
+"""``scripts/plan.py`` / ``wan2.plan``: parameter counts, memory and FLOPs held against the real thing.
+
+- parameters: the official sizes built on the meta device (TI2V-5B: 5.000 B; A14B: 14.29 B per expert);
+- memory: a tiny Wan transformer (wan_tiny widened to 256, 4 layers, 32 x 32 latents: 1,280 tokens) trains one
+  step on the CPU while a dispatch mode follows every tensor storage it creates; weights, grads and AdamW state
+  must match the plan to the byte, the activation peak (forward + backward, grads left out) within 15%;
+- FLOPs: torch's FlopCounterMode on the meta device (no compute) against the plan's formula;
+- CLI: a plan as JSON, and a bad override refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import wan2.config_resolvers  # noqa: F401
+from wan2 import plan as P
+from wan2.backbones.stack import build_backbone
+
+# RMS norm of bf16 activations with fp32 weights under autocast (diffusers' Wan attention)
+pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TINY = [  # wan_tiny, wide enough that activations dominate: 4 layers x 4 heads x 64, 32 x 32 x 5 latents
+    "model=wan_tiny",
+    "model.transformer.attention_head_dim=64",
+    "model.transformer.ffn_dim=1024",
+    "model.transformer.num_layers=4",
+    "data=rankjump_latents",
+    "data.rankjump.height=128",
+    "data.rankjump.width=128",
+    "data.rankjump.num_frames=9",
+]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+# ----------------------------------------------------------------------------------------------- parameters
+
+
+def test_ti2v_5b_plan_counts_5b_parameters():
+    cfg = compose_cfg(["model=wan22_ti2v_5b", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed"])
+    plan = P.plan_from_config(cfg, frames=121, height=704, width=1280, batch_size=1)
+    assert round(plan["params"]["transformer"] / 1e9, 3) == 5.0
+    assert (
+        plan["trainable"]["kind"] == "full" and plan["trainable"]["params"] == plan["params"]["transformer"]
+    )
+    assert plan["workload"]["latent"] == [48, 31, 44, 80]  # as tests/backbones/test_configs.py
+    assert plan["workload"]["tokens_per_sample"] == 31 * 22 * 40
+    assert plan["precision"]["name"] == "bf16-mixed"
+
+
+@pytest.mark.parametrize("expert", ["high", "low", None])
+def test_a14b_lora_experts(expert):
+    over = [] if expert is None else [f"objective.expert={expert}"]
+    cfg = compose_cfg(["model=wan22_t2v_a14b", "objective=lora", "trainer.accelerator=gpu", *over])
+    plan = P.plan_from_config(cfg, frames=81, height=480, width=832, batch_size=1)
+    one = plan["trainable"]["params"] if expert else plan["trainable"]["params"] // 2
+    idle = [v for k, v in plan["params"].items() if "idle" in k]
+    if expert:  # one expert trains (14.29 B), the other is listed as idle, off the GPU
+        assert round(plan["params"]["transformer"] / 1e9, 2) == 14.29
+        assert len(idle) == 1 and round(idle[0] / 1e9, 2) == 14.29
+    else:  # null on a two-expert model: both train, each sample routed to one
+        assert round(plan["params"]["transformer"] / 1e9, 2) == 28.58 and not idle
+    assert one == 40 * 8 * 4 * (5120 + 5120)  # rank 4 on 8 attention Linears (5120 x 5120) per block
+    assert plan["trainable"]["kind"] == "lora" and plan["precision"]["name"] == "bf16-mixed"  # auto on a GPU
+    assert plan["workload"]["tokens_per_sample"] == 21 * 30 * 52
+
+
+@pytest.mark.parametrize("targets", ["motion", "attention", "all"])
+def test_lora_count_equals_peft(targets):
+    from wan2.lora import add_lora, lora_config, target_regex
+
+    cfg = compose_cfg(TINY)
+    transformer = build_backbone(cfg.model, components=("transformer",)).transformer
+    planned = P.lora_trainable(transformer, target_regex(targets), 8)
+    assert planned.params == add_lora(transformer, lora_config(rank=8, targets=targets))
+    assert planned.tensors == sum(1 for p in transformer.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensor storages created inside the mode and still alive, sampled after every op.
+
+    Storages that existed before (weights, inputs, optimizer state) are ignored; ``peak(exclude)`` replays the
+    allocations without the storages in ``exclude`` (the parameter grads, which the plan counts on their own).
+    """
+
+    def __init__(self, existing=()):
+        super().__init__()
+        self.known = {StorageWeakRef(t.untyped_storage()) for t in existing}
+        self.live: dict = {}
+        self.events: list[tuple[int, int]] = []
+        self.step = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.step += 1
+        for key in [k for k in self.live if k.expired()]:
+            born, n = self.live.pop(key)
+            self.events += [(born, n), (self.step, -n)]
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                key = StorageWeakRef(t.untyped_storage())
+                if key not in self.live and key not in self.known:
+                    self.live[key] = (self.step, t.untyped_storage().nbytes())
+        return out
+
+    def peak(self, exclude=()) -> int:
+        skip = {StorageWeakRef(s) for s in exclude}
+        events = self.events + [(born, n) for k, (born, n) in self.live.items() if k not in skip]
+        cur = best = 0
+        for _, n in sorted(events, key=lambda e: (e[0], e[1] > 0)):  # frees before allocations at a step
+            cur += n
+            best = max(best, cur)
+        return best
+
+
+def measure_step(cfg, checkpointing: bool) -> dict:
+    """One flow-matching step of the tiny transformer as FlowMatchingModule.flow_loss runs it, measured."""
+    from wan2.lora import add_lora, lora_config
+
+    torch.manual_seed(0)
+    transformer = build_backbone(cfg.model, components=("transformer",)).transformer
+    if "lora" in cfg.objective._target_.lower():
+        add_lora(transformer, lora_config(**{k: cfg.lora[k] for k in ("rank", "alpha", "targets")}))
+    if checkpointing:
+        transformer.enable_gradient_checkpointing()
+    dtype = torch.bfloat16 if str(cfg.trainer.precision) == "bf16-true" else torch.float32
+    transformer.to(dtype)  # *-true: weights, grads and AdamW state in that dtype too
+    b, c = int(cfg.data.batch_size), transformer.config.in_channels
+    x0 = torch.randn(b, c, 5, 32, 32, dtype=dtype)
+    sigma = torch.rand(b, dtype=dtype)
+    cond = torch.randn(b, int(cfg.model.text_len), transformer.config.text_dim, dtype=dtype)
+    opt = torch.optim.AdamW(
+        [p for p in transformer.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01
+    )
+    autocast = "mixed" in str(cfg.trainer.precision)
+
+    def step():
+        noise = torch.randn_like(x0)
+        zt = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            pred = transformer(
+                hidden_states=zt, timestep=sigma * 1000, encoder_hidden_states=cond, return_dict=False
+            )[0]
+        target = (noise - x0).float()
+        loss = torch.nn.functional.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3, 4))
+        loss.mean().backward()
+
+    for p in opt.param_groups[0]["params"]:  # AdamW state exists from here on (as after a first step)
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    with LiveBytes([*transformer.parameters(), *transformer.buffers(), x0, sigma, cond, *state]) as live:
+        step()
+    grads = [p.grad for p in transformer.parameters() if p.grad is not None]
+    return {
+        "weights": sum(p.nbytes for p in transformer.parameters()),
+        "grads": sum(g.nbytes for g in grads),
+        "optimizer": sum(t.nbytes for t in state),
+        "activations": live.peak(exclude=[g.untyped_storage() for g in grads]),
+    }
+
+
+CASES = {  # name: (overrides, gradient checkpointing)
+    "fp32-full": (["trainer.precision=32-true"], False),
+    "fp32-full-ckpt": (["trainer.precision=32-true"], True),
+    "bf16-full": (["trainer.precision=bf16-mixed"], False),
+    "bf16-full-ckpt": (["trainer.precision=bf16-mixed"], True),
+    "fp32-lora-batch2": (["trainer.precision=32-true", "objective=lora", "data.batch_size=2"], False),
+    "bf16-lora": (["trainer.precision=bf16-mixed", "objective=lora"], False),
+    "bf16-lora-ckpt": (["trainer.precision=bf16-mixed", "objective=lora"], True),
+    "bf16true-lora-ckpt": (["trainer.precision=bf16-true", "objective=lora"], True),
+    "bf16true-full": (["trainer.precision=bf16-true"], False),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_memory_plan_matches_a_measured_step(name):
+    torch.set_num_threads(1)
+    overrides, ckpt = CASES[name]
+    cfg = compose_cfg([*TINY, "data.batch_size=1", *overrides])
+    inp = P.plan_inputs(cfg)
+    assert inp.clip.tokens == 5 * 16 * 16
+    mem = P.memory_per_gpu(inp.shape, inp.train, inp.prec, inp.clip, inp.par, inp.comps, ckpt)
+    lines, act = mem["lines"], mem["activation_detail"]
+    got = measure_step(cfg, ckpt)
+    assert got["weights"] == lines["weights_trainable"] + lines["weights_frozen_transformer"]
+    assert got["grads"] == lines["grads"]
+    assert got["optimizer"] == lines["optimizer_adamw"]
+    ratio = act["peak"] / got["activations"]
+    print(
+        f"{name}: activations measured {got['activations'] / 2**20:.2f} MiB, planned {act['peak'] / 2**20:.2f} "
+        f"MiB (x{ratio:.3f})"
+    )
+    assert 0.85 <= ratio <= 1.15, (name, got["activations"], act)
+
+
+# ----------------------------------------------------------------------------------------------- FLOPs
+
+
+@pytest.mark.parametrize(
+    "model,objective,clip",
+    [
+        ("wan22_ti2v_5b", "flow_matching", (121, 480, 832)),
+        ("wan_tiny", "lora", (9, 128, 128)),
+    ],
+)
+def test_flops_match_flop_counter_on_meta(model, objective, clip):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from wan2.lora import add_lora, lora_config
+
+    overrides = TINY if model == "wan_tiny" else [f"model={model}"]
+    cfg = compose_cfg([*overrides, f"objective={objective}", "trainer.precision=bf16-mixed"])
+    stack = build_backbone(cfg.model, components=("transformer", "vae"), device="meta")
+    frames, height, width = clip
+    inp = P.plan_inputs(cfg, frames=frames, height=height, width=width, batch_size=1, stack=stack)
+    transformer = stack.transformer
+    if objective == "lora":
+        add_lora(transformer, lora_config(**{k: cfg.lora[k] for k in ("rank", "alpha", "targets")}))
+    c, f, h, w = (inp.clip.latent_channels, inp.clip.latent_frames, *inp.clip.latent_hw)
+    x = torch.randn(1, c, f, h, w, device="meta")
+    cond = torch.randn(1, inp.clip.text_len, transformer.config.text_dim, device="meta")
+    with FlopCounterMode(display=False) as counter:  # on meta, SDPA runs as two bmm: S^2 terms counted
+        out = transformer(
+            hidden_states=x,
+            timestep=torch.full((1,), 500.0, device="meta"),
+            encoder_hidden_states=cond,
+            return_dict=False,
+        )[0]
+        out.float().square().mean().backward()
+    planned = P.flops_per_step(inp.shape, inp.train, inp.clip, checkpointing=False)
+    assert planned["total"] == pytest.approx(counter.get_total_flops(), rel=0.02)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "scripts/plan.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_writes_json(tmp_path):
+    out = tmp_path / "plan.json"
+    proc = run_cli(
+        "model=wan22_ti2v_5b",
+        "lora.rank=16",
+        "trainer.accelerator=gpu",
+        "num_frames=121",
+        "height=480",
+        "width=832",
+        "batch_size=1",
+        "gpu_memory_gb=80",
+        "--json",
+        f"out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == plan
+    # lora.* implies objective=lora
+    assert plan["trainable"]["kind"] == "lora" and plan["trainable"]["rank"] == 16
+    assert set(plan["fits"]) == {"no_checkpointing", "checkpointing"}
+    ckpt, full = plan["memory_gib"]["checkpointing"], plan["memory_gib"]["no_checkpointing"]
+    assert ckpt["activations"] < full["activations"] and ckpt["weights_text_encoder"] > 20  # umt5-xxl, fp32
+    assert plan["fits"]["checkpointing"] and not plan["fits"]["no_checkpointing"]
+
+
+def test_cli_refuses_unknown_model_in_one_line():
+    proc = run_cli("model=nope")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model: 'nope' is not one of ["), proc.stderr
+    assert not proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        (["model=wan_tiny", "num_frames=16"], "num_frames"),  # not 4k+1 for the tiny VAE's temporal stride 2
+        (["model=wan_tiny", "height=100"], "height"),
+        (["model=wan_tiny", "height=abc"], "height"),
+        (["model=wan_tiny", "trainer.precision=fp8"], "trainer.precision"),
+        (["model=wan_tiny", "objective=vae"], "objective"),
+        (["model=wan_tiny", "objective=lora", "lora.targets=nothing_like_this"], "lora.targets"),
+    ],
+)
+def test_main_refuses_bad_values_in_one_line(capsys, args, key):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plan_script", ROOT / "scripts" / "plan.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(args) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), err
