@@ -98,3 +98,25 @@ def test_progressive_round_beats_the_teacher_at_half_the_steps(round_4_to_2):
     distilled = float(((student_half - teacher_n) ** 2).mean())
     assert np.isfinite(distilled)
     assert distilled < 0.6 * naive, f"student 2-step MSE to teacher 4-step {distilled:.4f} vs teacher 2-step {naive:.4f}"
+
+
+def test_shipped_4step_rankup_model_runs_in_stock_diffusers_like_the_repo_sampler():
+    """pretrained/wan_tiny_rankup_4step: stock WanPipeline at 4 steps, guidance 1.0, reproduces wan2.sampling."""
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    from wan2.backbones.stack import load_backbone
+    from wan2.sampling import sample_videos
+
+    path = ROOT / "pretrained" / "wan_tiny_rankup_4step"
+    meta = json.loads((path / "wan2.json").read_text())
+    assert (meta["num_inference_steps"], meta["guidance_scale"]) == (4, 1.0)
+    prompt = "the blue row climbs from #4 to #1 on the leaderboard"
+    kw = dict(num_frames=17, height=32, width=32, num_inference_steps=4, guidance_scale=1.0)
+    pipe = DiffusionPipeline.from_pretrained(str(path))
+    stock = pipe(prompt, generator=torch.Generator().manual_seed(0), max_sequence_length=meta["text_len"],
+                 output_type="pt", **kw).frames  # (1, F, 3, H, W) in [0, 1]
+    ours = sample_videos(load_backbone(path), [prompt], seed=0, **kw)  # (1, 3, F, H, W) in [-1, 1]
+    ours = (ours.permute(0, 2, 1, 3, 4) + 1) / 2
+    assert (torch.as_tensor(stock) - ours.clamp(0, 1)).abs().max() < 1e-3
