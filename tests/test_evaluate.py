@@ -346,3 +346,18 @@ def test_auto_metrics_leave_out_a_weights_metric_the_set_is_too_small_for(tmp_pa
     )
     assert report["summary"]["rank_trajectory/accuracy"] == 1.0
     assert main(config(tmp_path / "out2", f"videos={d}", fvd, "metrics=[fvd]")) == 2
+
+
+def test_compare_runs_each_model_at_its_own_steps_and_guidance(tmp_path):
+    """A 25-step CFG base against the shipped 4-step student: each side samples with its own wan2.json
+    settings (same prompts, seeds, frames and size), and the cost rows say so."""
+    student = ROOT / "pretrained" / "wan_tiny_rankup_4step"
+    out = tmp_path / "ab"
+    cfg = config(out, f"compare=[{BASE},{student}]", "prompts=test", "num_videos=2", "batch_size=2", "threads=1",
+                 "metrics.names=[rank_trajectory,nfe_time]", "bootstrap.num_samples=200")
+    assert main(cfg) == 0
+    report = json.loads((out / "report.json").read_text())
+    pa, pb = report["a"]["protocol"], report["b"]["protocol"]
+    assert (pa["num_inference_steps"], pa["guidance_scale"], pa["nfe"]) == (25, 2.5, 50)
+    assert (pb["num_inference_steps"], pb["guidance_scale"], pb["nfe"]) == (4, 1.0, 4)
+    assert report["comparison"]["cost/nfe"]["diff"] == -46

@@ -180,10 +180,17 @@ class Side:
     ckpt: str
     lora: str | None = None
     lora_scale: float = 1.0
+    # this side's own steps / guidance / nfe (its wan2.json unless the config sets them): a 4-step student is
+    # compared at 4 steps against a 25-step CFG teacher, on the same prompts, seeds, frames and size
+    sampling: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.ckpt + (f" + {self.lora}" if self.lora else "")
+
+    def gen(self, gen: dict) -> dict:
+        """The plan's generation settings with this side's sampling settings."""
+        return {**gen, **self.sampling}
 
 
 @dataclass
@@ -398,6 +405,9 @@ def plan(cfg) -> Plan:
         return Plan("videos", [], [], metrics, skipped, {}, str(d))
     sides = _sides(cfg)
     gen = _gen_params(cfg, sides[0].ckpt)
+    for side in sides:
+        own = _gen_params(cfg, side.ckpt)
+        side.sampling = {k: own[k] for k in ("num_inference_steps", "guidance_scale", "nfe")}
     items, source = _prompt_items(cfg, gen)
     for name in list(metrics):
         why = _too_small(METRICS[name], len(items), int(gen["num_frames"]))
@@ -838,9 +848,9 @@ def _protocol(ev: EvalSet, p: Plan, side: Side | None, cfg) -> dict:
             "ckpt": side.ckpt,
             "lora": side.lora,
             "lora_scale": side.lora_scale if side.lora else None,
-            "num_inference_steps": int(p.gen["num_inference_steps"]),
-            "guidance_scale": float(p.gen["guidance_scale"]),
-            "nfe": int(p.gen["nfe"]),
+            "num_inference_steps": int(side.gen(p.gen)["num_inference_steps"]),
+            "guidance_scale": float(side.gen(p.gen)["guidance_scale"]),
+            "nfe": int(side.gen(p.gen)["nfe"]),
             "seed": int(cfg.seed),
             "seeds": "video i uses seed + i",
             "device": cfg.get("device", "cpu"),
@@ -889,7 +899,7 @@ def run(cfg, p: Plan) -> dict:
         sides = {}
         for side in p.sides:
             sub = out if p.mode == "generate" else out / side.label
-            ev = generate(side, p.items, p.gen, sub, cfg)
+            ev = generate(side, p.items, side.gen(p.gen), sub, cfg)
             sides[side.label] = _side_report(ev, p, side, cfg, out, sub)
     report = {"mode": p.mode, "metrics_run": p.metrics, "seconds": 0.0}
     if p.mode == "compare":
