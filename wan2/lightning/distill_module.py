@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from wan2.diffusion import add_noise, inference_sigmas
+from wan2.diffusion import add_noise, draw_per_sample, inference_sigmas, randn_per_sample
 from wan2.diffusion.distill import guided_velocity, halving_schedule, two_step_target
 from wan2.lightning.flow_module import FlowMatchingModule
 
@@ -104,9 +104,16 @@ class DistillModule(FlowMatchingModule):
         cond = self.text_condition_frozen(batch)
         B = x0.shape[0]
         grid = inference_sigmas(phase.student_steps, self.shift).to(x0.device)  # (n + 1,)
-        i = torch.randint(0, phase.student_steps, (B,), device=x0.device)
+        step_rng, noise_rng = self.sample_rng(batch, "step"), self.sample_rng(batch, "noise")
+        if step_rng is None:
+            i = torch.randint(0, phase.student_steps, (B,))
+            noise = torch.randn_like(x0)
+        else:  # per sample, by dataset index: the same draws at any world size (as FlowMatchingModule)
+            i = draw_per_sample(lambda g: torch.randint(0, phase.student_steps, (1,), generator=g), step_rng)
+            noise = randn_per_sample(x0.shape[1:], noise_rng).to(x0.device)  # (B, C, F', H', W')
+        i = i.to(x0.device)
         t, t_next = grid[i], grid[i + 1]  # (B,)
-        z = add_noise(x0, torch.randn_like(x0), t)
+        z = add_noise(x0, noise, t)
         with torch.no_grad():
             if phase.kind == "cfg":
                 uncond = self._uncond_emb(cond)
