@@ -58,7 +58,7 @@ FSDP_STATE_DICT_TYPES = ("full", "sharded")  # lightning.pytorch.strategies.FSDP
 TIMEDELTA_KEYS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
 # Every module of a WanTransformer3DModel (block N written once, as blocks.0): those LoRA (PEFT) can wrap and
 # the rest. A target regex must full-match at least one of the first and none of the others (PEFT raises there).
-_BLOCK_LINEAR = (
+BLOCK_LINEAR = (
     "attn1.to_q",
     "attn1.to_k",
     "attn1.to_v",
@@ -82,7 +82,7 @@ WAN_LORA_MODULES = (
     f"{_EMB}.text_embedder.linear_1",
     f"{_EMB}.text_embedder.linear_2",
     "proj_out",
-) + tuple(f"blocks.0.{m}" for m in _BLOCK_LINEAR)
+) + tuple(f"blocks.0.{m}" for m in BLOCK_LINEAR)
 WAN_OTHER_MODULES = (
     "rope",
     _EMB,

@@ -844,13 +844,14 @@ def _protocol(ev: EvalSet, p: Plan, side: Side | None, cfg) -> dict:
         "source": p.source,
     }
     if side is not None:
+        gen = side.gen(p.gen)
         proto |= {
             "ckpt": side.ckpt,
             "lora": side.lora,
             "lora_scale": side.lora_scale if side.lora else None,
-            "num_inference_steps": int(side.gen(p.gen)["num_inference_steps"]),
-            "guidance_scale": float(side.gen(p.gen)["guidance_scale"]),
-            "nfe": int(side.gen(p.gen)["nfe"]),
+            "num_inference_steps": int(gen["num_inference_steps"]),
+            "guidance_scale": float(gen["guidance_scale"]),
+            "nfe": int(gen["nfe"]),
             "seed": int(cfg.seed),
             "seeds": "video i uses seed + i",
             "device": cfg.get("device", "cpu"),

@@ -22,23 +22,15 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from wan2.config_check import BLOCK_LINEAR
+
 GiB = 2**30
 # bytes of the tensors the Wan blocks always keep in float32 (FP32LayerNorm, RMS-norm upcasts, gates)
 FP32 = 4
 
-# block Linear layers (names inside ``blocks.N``); attn2.to_k / to_v read the text, every other one the video tokens
-BLOCK_ROLES = (
-    "attn1.to_q",
-    "attn1.to_k",
-    "attn1.to_v",
-    "attn1.to_out.0",
-    "attn2.to_q",
-    "attn2.to_k",
-    "attn2.to_v",
-    "attn2.to_out.0",
-    "ffn.net.0.proj",
-    "ffn.net.2",
-)
+# block Linear layers (names inside ``blocks.N``, as config_check knows them); attn2.to_k / to_v read the text,
+# every other one the video tokens
+BLOCK_ROLES = BLOCK_LINEAR
 TEXT_ROLES = ("attn2.to_k", "attn2.to_v")
 
 

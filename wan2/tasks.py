@@ -28,8 +28,12 @@ from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
     NonFiniteError,
+    NonFiniteGuard,
     Preempted,
+    Preemption,
+    StepSeed,
     UnsafeCheckpointError,
+    safe_torch_load,
 )
 
 log = logging.getLogger("wan2")
@@ -57,14 +61,12 @@ def _resolve_ckpt(ckpt_path, out_dir: Path):
     if ckpt_path == "last":
         last = out_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.exists() else None
-    from wan2.lightning.reliability import safe_torch_load
-
     if Path(ckpt_path).is_dir() and (Path(ckpt_path) / "meta.pt").is_file():  # a sharded (FSDP) checkpoint
-        safe_torch_load(Path(ckpt_path) / "meta.pt")
+        safe_torch_load(Path(ckpt_path) / "meta.pt", mmap=True)
         return ckpt_path
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)")
-    safe_torch_load(ckpt_path)  # refuse a pickle before anything is built (UnsafeCheckpointError)
+    safe_torch_load(ckpt_path, mmap=True)  # refuse a pickle before anything is built; mmap: tensors not read
     return ckpt_path
 
 
@@ -83,8 +85,6 @@ def _share_run_dir(cfg: DictConfig) -> None:
 
 def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
     """Always installed: per-step seeding (exact resume), the non-finite step guard, preemption handling."""
-    from wan2.lightning.reliability import NonFiniteGuard, Preemption, StepSeed
-
     rel = cfg.get("reliability") or {}
     return [
         StepSeed(cfg.seed),

@@ -47,10 +47,12 @@ class UnsafeCheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- checkpoint files
-def safe_torch_load(path: str | os.PathLike, map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` with a one-line error naming the file when it is refused."""
+def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+    """``torch.load(path, weights_only=True)`` with a one-line error naming the file when it is refused.
+
+    ``mmap=True`` maps the tensors instead of reading them: a cheap check of a large checkpoint."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeCheckpointError(
