@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 GROUPS = ("data", "model", "objective", "lora", "trainer", "callbacks", "logger")
-NEEDS = {"data/shards": ["data.train_shards=data/rankjump/train-*.tar"]}  # options with a required key
+NEEDS = {"data/shards": ["data.train_shards='pipe:cat data/rankjump/train-000000.tar'"]}  # options with a required key
 
 # id: (overrides, key the message starts with, what it must say is allowed)
 CASES = {
@@ -51,7 +51,7 @@ CASES = {
     "height_too_small": (["data.rankjump.height=8"], "data.rankjump.height", ">= 16"),
     "width_vae_stride": (["objective=vae", "data.rankjump.width=18"], "data.rankjump.width", "multiple of 4"),
     "shard_height_not_multiple": (
-        ["data=shards", "data.train_shards=x.tar", "data.height=36"],
+        ["data=shards", "data.train_shards='pipe:cat x.tar'", "data.height=36"],
         "data.height",
         "multiple of 8",
     ),
@@ -85,6 +85,10 @@ CASES = {
     "num_workers_negative": (["data.num_workers=-1"], "data.num_workers", "an int >= 0"),
     "val_split_unknown": (["data.val_split=dev"], "data.val_split", "'heldout'"),
     "shards_not_set": (["data=shards"], "data.train_shards", "required"),
+    "shards_missing": (["data=shards", "data.train_shards='/nonexistent/t-{000000..000003}.tar'"],
+                       "data.train_shards", "4 of 4 shard files do not exist"),
+    "shards_glob_empty": (["data=shards", "data.train_shards=/nonexistent/*.tar", "data.val_shards=null"],
+                          "data.train_shards", "no file matches"),
     # objective hyperparameters and step schedules
     "lr_string": (["objective.lr=fast"], "objective.lr", "a number > 0"),
     "lr_zero": (["objective.lr=0"], "objective.lr", "a number > 0"),

@@ -347,6 +347,32 @@ def _check_clip_size(cfg: DictConfig, at: str) -> None:
         )
 
 
+def _check_shard_files(key: str, spec) -> None:
+    """Local shard files named by ``spec`` (brace pattern, ``::`` list, glob or a list of those) must exist;
+    ``pipe:`` commands and URLs are left to the reader."""
+    if spec in (_MISSING, None):
+        return
+    import glob
+
+    from braceexpand import braceexpand  # webdataset's own dependency
+
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    files = []
+    for item in specs:
+        for part in str(item).split("::"):
+            if part.startswith("pipe:") or "://" in part:
+                continue
+            if any(c in part for c in "*?["):
+                if not glob.glob(part):
+                    _err(f"{key}: no file matches {part!r} (allowed: existing .tar shards, a pipe: command, a URL)")
+                continue
+            files += list(braceexpand(part))
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        _err(f"{key}: {len(missing)} of {len(files)} shard files do not exist (first: {missing[0]!r}); "
+             "allowed: existing .tar shards, a pipe: command, a URL")
+
+
 def _check_data(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("data"), DictConfig):
         return
@@ -363,6 +389,8 @@ def _check_data(cfg: DictConfig) -> None:
             "data.train_shards: null; required: a brace pattern, glob, list of .tar shards or a pipe: URL "
             "(e.g. data.train_shards='data/rankjump/train-*.tar')"
         )
+    for key in ("data.train_shards", "data.val_shards"):
+        _check_shard_files(key, _get(cfg, key))
     _int(cfg, "data.shuffle_buffer", 0)
     _num(cfg, "data.max_bad_fraction", 0, 1)
     _int(cfg, "data.min_seen", 0)
