@@ -122,6 +122,21 @@ CASES = {
         "objective.teacher_steps",
         "[8, 16, 32, 64]",
     ),
+    "distill_dm_teacher_not_an_export": (
+        ["experiment=distill_4step", "objective.dm_steps=10", "objective.dm_teacher=/nonexistent/base"],
+        "objective.dm_teacher",
+        "not a diffusers export",
+    ),
+    "distill_dm_sigma_range": (
+        ["experiment=distill_4step", "objective.dm_sigma_range=[0.9,0.1]"],
+        "objective.dm_sigma_range",
+        "0 < lo < hi <= 1",
+    ),
+    "fsdp_ema_over_ranks": (
+        ["trainer=fsdp", "trainer.num_nodes=2", "trainer.devices=4"],
+        "objective.ema_decay",
+        "fsdp shards them over 8 ranks",
+    ),
     "distill_teacher_below_student": (
         ["objective=distill", "objective.student_steps=8", "objective.teacher_steps=4"],
         "objective.teacher_steps",

@@ -9,7 +9,15 @@ end-to-end check drives ``train.py experiment=pretrain_tiny`` in subprocesses on
 - that DDP checkpoint resumed on 1 process at batch 8 up to step 6.
 
 Losses and weights agree within float tolerance, and the ranks together see each sample once per epoch.
-FSDP: Lightning refuses ``accelerator=cpu`` and torch's FSDP needs an accelerator, so its check needs a GPU.
+
+FSDP (``trainer=fsdp``: torch FSDP2 ``fully_shard`` per WanTransformerBlock through Lightning's
+ModelParallelStrategy) runs on the CPU too, with gloo:
+
+- ``trainer=fsdp trainer.devices=2`` at batch 4 per rank for 3 steps, fp32: the same loss curve and weights as
+  the 1-process run, a sharded checkpoint directory, and an export gathered from the shards;
+- that sharded checkpoint resumed by FSDP on 1 device (resharded 2 -> 1) up to step 6.
+
+The bf16 GPU variant is ``test_fsdp_trains_and_resumes_from_a_sharded_checkpoint_on_one_gpu`` (``gpu`` marker).
 """
 
 from __future__ import annotations
@@ -115,12 +123,13 @@ def test_trainer_configs_select_their_strategies():
     assert (ddp.strategy, ddp.num_nodes, ddp.devices, ddp.use_distributed_sampler) == ("ddp", 2, 8, True)
     fsdp = compose_cfg(["trainer=fsdp"]).trainer
     assert is_fsdp(fsdp.strategy) and not is_fsdp(ddp.strategy) and fsdp.precision == "bf16-mixed"
-    strategy = hydra.utils.instantiate(fsdp.strategy)  # builds without a GPU (the Trainer then wants one)
-    assert is_fsdp(strategy) and strategy._state_dict_type == "sharded"
-    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+    strategy = hydra.utils.instantiate(fsdp.strategy)
+    from wan2.lightning.distributed import FSDP2Strategy
 
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {WanTransformerBlock}
-    assert strategy.sharding_strategy.name == "FULL_SHARD"
+    assert isinstance(strategy, FSDP2Strategy) and is_fsdp(strategy) and strategy._save_distributed_checkpoint
+    assert (strategy.param_dtype, strategy.reduce_dtype, strategy.reshard_after_forward) == ("bf16", "fp32", True)
+    with pytest.raises(ValueError, match=r"^trainer\.strategy\.param_dtype: 'bf32' is not a dtype"):
+        FSDP2Strategy(param_dtype="bf32")
 
 
 @pytest.mark.parametrize(
@@ -129,8 +138,12 @@ def test_trainer_configs_select_their_strategies():
         (["trainer=ddp", "trainer.strategy=dpp"], "trainer.strategy: 'dpp' is not one of"),
         (["trainer=ddp", "trainer.num_nodes=0"], "trainer.num_nodes: 0 must be an int >= 1"),
         (
-            ["trainer=fsdp", "trainer.strategy.state_dict_type=shard"],
-            "trainer.strategy.state_dict_type: 'shard'",
+            ["trainer=fsdp", "trainer.strategy.param_dtype=bf32"],
+            "trainer.strategy.param_dtype: 'bf32' is not one of ['bf16', 'fp16', 'fp32'] (or null)",
+        ),
+        (
+            ["trainer=fsdp", "trainer.devices=2", "objective.ema_decay=0.999"],
+            "objective.ema_decay: 0.999 needs whole weights, and trainer=fsdp shards them over 2 ranks",
         ),
         (
             ["trainer=fsdp", "trainer.strategy._target_=FSDP"],
@@ -194,6 +207,15 @@ def overrides(
         f"trainer.deterministic={str(deterministic).lower()}",  # False on CUDA: some kernels have no such mode
         *extra,
     ]
+
+
+FSDP_CPU = (  # trainer=fsdp on 2 CPU processes (gloo), fp32 so that it follows the 1-process run closely
+    "trainer=fsdp",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "trainer.strategy.param_dtype=null",
+    "objective.ema_decay=0",  # the EMA keeps whole weights: refused when sharded over several ranks
+)
 
 
 def run(args: list[str]) -> None:
@@ -269,6 +291,10 @@ def runs(tmp_path_factory):
             root / "resumed", data, BATCH, STEPS, f"ckpt_path={root / 'ddp' / 'checkpoints' / 'last.ckpt'}"
         )
     )
+    # FSDP: 2 ranks (with the export gathered from the shards), then the sharded checkpoint on 1 rank
+    run([*overrides(root / "fsdp", data, BATCH // 2, DDP_STEPS, *FSDP_CPU, "trainer.devices=2"), "export.enabled=true"])
+    (root / "fsdp" / "csv").rename(root / "fsdp" / "csv_2ranks")  # the resumed run writes its own csv
+    run(overrides(root / "fsdp", data, BATCH, STEPS, *FSDP_CPU, "trainer.devices=1", "ckpt_path=last"))
     return root
 
 
@@ -330,9 +356,43 @@ def test_ranks_split_each_global_batch_and_see_every_sample_once(runs):
         assert len(idx) == len(set(idx)) and (epoch == 1 or sorted(idx) == list(range(N)))
 
 
+# ----------------------------------------------------------------------------- FSDP (CPU, gloo)
+def test_fsdp_follows_the_single_process_run_and_resumes_resharded(runs):
+    """FSDP2 over 2 CPU ranks at batch 4 = 1 process at batch 8 (losses and weights); its sharded checkpoint
+    resumes on 1 rank (DCP reshards 2 -> 1) and continues the 1-process curve."""
+    from safetensors.torch import load_file
+
+    single = losses(runs / "single")
+    fsdp = {}
+    for csv_dir in ("csv_2ranks", "csv"):
+        with open(runs / "fsdp" / csv_dir / "metrics.csv") as f:
+            fsdp |= {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    assert sorted(fsdp) == list(range(STEPS))
+    abs_diff, rel_diff = compare(single, fsdp, range(STEPS))
+    print(f"FSDP 2x{BATCH // 2} (steps 0-2), resumed on 1 rank (3-5) vs 1x{BATCH}: max |dloss| {abs_diff:.2e} "
+          f"(rel {rel_diff:.2e})")
+    last = runs / "fsdp" / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / "meta.pt").is_file() and not last.with_name("last.ckpt.tmp").exists()
+    assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp"]  # rewritten by the 1-rank run
+    assert safe_torch_load(last / "meta.pt")["global_step"] == STEPS
+    step3 = runs / "fsdp" / "checkpoints" / f"epoch=0-step={DDP_STEPS}.ckpt"
+    assert sorted(p.name for p in step3.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one per rank
+    # the export after the 2-rank run holds the whole (gathered) weights: those of the 1-process run at step 3
+    exported = load_file(runs / "fsdp" / "export" / "transformer" / "diffusion_pytorch_model.safetensors")
+    ref = {k.removeprefix("transformer."): v for k, v in step_ckpt(runs / "single", DDP_STEPS)["state_dict"].items()
+           if k.startswith("transformer.")}
+    assert exported.keys() == ref.keys()
+    worst = max(float((exported[k].float() - ref[k].float()).abs().max()) for k in ref)
+    assert worst < 1e-5, worst
+    print(f"FSDP export after {DDP_STEPS} steps vs the 1-process weights: max |dw| {worst:.2e}")
+    rows = seen(runs / "fsdp")  # 2 ranks for 3 steps, then 1 rank: each sample once in epoch 0
+    assert {r["rank"] for r in rows if r["step"] < DDP_STEPS} == {0, 1}
+    assert sorted(i for r in rows if r["epoch"] == 0 for i in r["index"]) == list(range(N))
+
+
 # ----------------------------------------------------------------------------- FSDP (GPU)
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FSDP refuses the CPU)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the bf16 NCCL path; the CPU runs FSDP above)")
 def test_fsdp_trains_and_resumes_from_a_sharded_checkpoint_on_one_gpu(tmp_path):
     """``trainer=fsdp`` (bf16-mixed, one unit per WanTransformerBlock) on 1 GPU: 2 steps, a sharded checkpoint
     directory, then 1 more step resumed from it."""

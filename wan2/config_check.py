@@ -54,6 +54,7 @@ STRATEGIES = (
     "deepspeed_stage_3",
     "single_device",
 )  # lightning.pytorch.strategies.StrategyRegistry names (those that run here), or a {_target_: ...} mapping
+FSDP2_DTYPES = ("bf16", "fp16", "fp32")  # FSDP2Strategy(param_dtype=..., reduce_dtype=...)
 FSDP_STATE_DICT_TYPES = ("full", "sharded")  # lightning.pytorch.strategies.FSDPStrategy(state_dict_type=...)
 TIMEDELTA_KEYS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
 # Every module of a WanTransformer3DModel (block N written once, as blocks.0): those LoRA (PEFT) can wrap and
@@ -528,6 +529,16 @@ def _check_objective(cfg: DictConfig) -> None:
     _num(cfg, f"{o}.guidance_scale", 1)
     _int(cfg, f"{o}.cfg_steps", 0)
     _int(cfg, f"{o}.round_steps", 1)
+    _int(cfg, f"{o}.dm_steps", 0)
+    _num(cfg, f"{o}.dm_fake_lr_scale", 0)
+    dm_teacher = obj.get("dm_teacher") if isinstance(obj, DictConfig) else None
+    if dm_teacher is not None and not (Path(str(dm_teacher)) / "model_index.json").is_file():
+        _err(f"{o}.dm_teacher: {str(dm_teacher)!r} is not a diffusers export (no model_index.json; allowed: null "
+             "or an export folder such as pretrained/wan_tiny_base)")
+    rng = obj.get("dm_sigma_range") if isinstance(obj, DictConfig) else None
+    if rng is not None and not (len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)
+                                and 0 < rng[0] < rng[1] <= 1):
+        _err(f"{o}.dm_sigma_range: {list(rng)!r} must be two noise levels 0 < lo < hi <= 1 (e.g. [0.02, 0.98])")
     teacher = _int(cfg, f"{o}.teacher_steps", 1)
     student = _int(cfg, f"{o}.student_steps", 1)
     if _is_int(teacher) and _is_int(student):
@@ -589,6 +600,10 @@ def _check_trainer(cfg: DictConfig) -> None:
             "a strategy class path, e.g. 'lightning.pytorch.strategies.FSDPStrategy'",
         )
         _choice(cfg, f"{t}.strategy.state_dict_type", FSDP_STATE_DICT_TYPES)
+        for key in ("param_dtype", "reduce_dtype"):  # wan2.lightning.distributed.FSDP2Strategy
+            _choice(cfg, f"{t}.strategy.{key}", FSDP2_DTYPES, none_ok=True)
+        for key in ("reshard_after_forward", "save_distributed_checkpoint"):
+            _bool(cfg, f"{t}.strategy.{key}")
     elif strategy is not _MISSING:
         _choice(cfg, f"{t}.strategy", STRATEGIES, shown=STRATEGIES + ("{_target_: ...Strategy}",))
     _bool(cfg, f"{t}.use_distributed_sampler")
@@ -659,6 +674,18 @@ def _check_callbacks(cfg: DictConfig) -> None:
         _choice(cfg, f"{c}.quick_eval.split", list(SPLIT_SEED_BASE))
 
 
+def _check_fsdp_ema(cfg: DictConfig) -> None:
+    """The EMA keeps whole weights; FSDP over several ranks leaves each rank a shard of them."""
+    strategy = _get(cfg, "trainer.strategy")
+    if not (isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("FSDP2Strategy")):
+        return
+    ema, devices, nodes = _get(cfg, "objective.ema_decay"), _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
+    world = (devices if _is_int(devices) and devices >= 1 else 1) * (nodes if _is_int(nodes) else 1)
+    if _is_num(ema) and ema > 0 and world > 1:
+        _err(f"objective.ema_decay: {ema} needs whole weights, and trainer=fsdp shards them over {world} ranks "
+             "(allowed with fsdp: 0 over several devices; trainer=ddp keeps the EMA)")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` (one line: key, value, what is allowed) for the first value that cannot work."""
     try:
@@ -668,6 +695,7 @@ def check_train_config(cfg: DictConfig) -> None:
         _check_data(cfg)
         _check_objective(cfg)
         _check_trainer(cfg)
+        _check_fsdp_ema(cfg)
         _check_callbacks(cfg)
     except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
         key = getattr(err, "full_key", None) or "config"

@@ -23,19 +23,24 @@ def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         _share(tmp)
-        if not target.exists():
-            os.replace(tmp, target)
-        elif _exchange(tmp, target):  # one syscall: the old and the new swap names
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:  # no renameat2: a short window in which only the .old copy exists
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """Move the finished directory ``tmp`` to ``target`` in one step, replacing (and deleting) an older one."""
+    if not target.exists():
+        os.replace(tmp, target)
+    elif _exchange(tmp, target):  # one syscall: the old and the new swap names
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:  # no renameat2: a short window in which only the .old copy exists
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -103,6 +103,8 @@ def parallel_from_trainer(trainer: dict) -> Parallel:
     if isinstance(strategy, dict):
         name = str(strategy.get("_target_", strategy.get("name", ""))).lower()
         sharding = str(strategy.get("sharding_strategy", sharding)).upper()
+        if strategy.get("reshard_after_forward") is False:  # FSDP2's ZeRO-2-like mode
+            sharding = "SHARD_GRAD_OP"
     else:
         name = str(strategy or "auto").lower()
     if "fsdp" in name:
@@ -528,8 +530,8 @@ def memory_per_gpu(
 ) -> dict:
     """Bytes per GPU by line; ``total`` = every resident line + max(activation peak, AdamW step temporaries)."""
     pb = prec.param
-    # FSDP (configs/trainer/fsdp.yaml): one unit per WanTransformerBlock, everything else of the module (the
-    # text encoder, the transformer's embedders and proj_out) in the root unit: all of it sharded over n
+    # FSDP (configs/trainer/fsdp.yaml, FSDP2): one unit per WanTransformerBlock and per UMT5Block, the
+    # transformer's embedders and proj_out in its root unit: all of it sharded over n
     n = par.shard if par.fsdp else 1
     te_train = comps.text_encoder if text_encoder_trains else 0
     frozen_transformer = 0 if train.full else comps.transformer
@@ -543,7 +545,8 @@ def memory_per_gpu(
     trainable = train.params + te_train
     if par.fsdp:
         # the block being computed and the one prefetched are gathered in the compute dtype; the root unit
-        # (text encoder, embedders, proj_out of every trained transformer) stays gathered through the step;
+        # (embedders, proj_out of every trained transformer) stays gathered through the step, and the whole
+        # text encoder is counted gathered (an upper bound: FSDP2 gathers it block by block);
         # SHARD_GRAD_OP keeps every unit gathered from its forward to its backward
         gathered = comps.text_encoder + train.experts * shape.nonblock_params + 2 * shape.block_params
         if par.sharding in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2"):

@@ -23,7 +23,7 @@ import wan2.config_resolvers  # noqa: F401
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.export import atomic_write_text
-from wan2.lightning.distributed import is_fsdp
+from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
@@ -93,6 +93,29 @@ def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
     ]
 
 
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The objective's LightningModule on the backbone ``cfg.model`` builds."""
+    return hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(backbone=build_backbone(cfg.model))
+
+
+def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Path) -> dict:
+    """Rank 0 writes the export. Under FSDP2 every rank first gathers the whole state dict (a collective) and
+    rank 0 exports from an unsharded copy of the module built as the run built it."""
+    if not isinstance(trainer.strategy, FSDP2Strategy):
+        return (module.export(out_dir, datamodule=datamodule) or {}) if trainer.is_global_zero else {}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not trainer.is_global_zero:
+        return {}
+    whole = build_module(cfg)
+    whole.load_state_dict(full)
+    if module.ema is not None:  # fsdp on one device only (wan2.lightning.flow_module.configure_model)
+        whole.ema.load_state_dict(module.ema.state_dict())
+    whole.trainer = trainer  # global_step, the run folder
+    return whole.export(out_dir, datamodule=datamodule) or {}
+
+
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     validate(cfg)
@@ -103,12 +126,11 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
 
-    backbone = build_backbone(cfg.model)
     # _convert_="all": plain dicts / lists in hyperparameters, so checkpoints load with weights_only=True
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg)
     if hasattr(datamodule, "bind_backbone"):
-        datamodule.bind_backbone(backbone)
-    module = hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(backbone=backbone)
+        datamodule.bind_backbone(module.backbone)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += reliability_callbacks(cfg, out_dir)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -128,8 +150,8 @@ def train(cfg: DictConfig) -> dict:
                         f"resume with ckpt_path=last paths.output_dir={out_dir}") from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     metrics.update({"global_step": int(trainer.global_step), "train_seconds": round(time.time() - start, 1)})
-    if trainer.is_global_zero and not trainer.interrupted and cfg.get("export", {}).get("enabled", True):
-        metrics.update(module.export(out_dir / "export", datamodule=datamodule) or {})
+    if not trainer.interrupted and cfg.get("export", {}).get("enabled", True):
+        metrics.update(_export(cfg, trainer, module, datamodule, out_dir / "export"))
     if trainer.is_global_zero:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         for lg in loggers:  # the same summary keys in W&B, so runs compare side by side

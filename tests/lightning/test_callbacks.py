@@ -41,8 +41,9 @@ def module():
     return TinyModule(load_backbone(ROOT / "pretrained" / "wan_tiny_base"))
 
 
-def _trainer(step: int, rank0: bool, logger: Recorder):
-    return SimpleNamespace(global_step=step, is_global_zero=rank0, loggers=[logger], datamodule=None)
+def _trainer(step: int, rank0: bool, logger: Recorder, strategy=None):
+    return SimpleNamespace(global_step=step, is_global_zero=rank0, loggers=[logger], datamodule=None,
+                           strategy=strategy)
 
 
 def test_rank_zero_logs_every_n_steps_and_other_ranks_do_nothing(module):
@@ -61,6 +62,17 @@ def test_rank_zero_logs_every_n_steps_and_other_ranks_do_nothing(module):
     assert set(metrics) == {"quick_eval/traj_acc", "quick_eval/colour_acc", "quick_eval/flicker"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert module.training and module.transformer.training and module.text_encoder.training  # restored
+
+
+def test_under_fsdp_every_rank_samples_and_rank_zero_logs(module):
+    """FSDP2 forwards gather shards from every rank: all ranks must sample, only rank 0 logs."""
+    from wan2.lightning.distributed import FSDP2Strategy
+
+    sampled, log = [], Recorder()
+    cb = QuickEval(every_n_steps=2, num_prompts=2, num_inference_steps=2, split="test")
+    cb.evaluate = lambda pl_module, rj=None: sampled.append(1) or {"quick_eval/traj_acc": 1.0}
+    cb.on_train_batch_end(_trainer(2, False, log, FSDP2Strategy()), module, None, None, 0)
+    assert sampled == [1] and log.calls == []
 
 
 def test_callbacks_quick_eval_config_adds_to_the_defaults():

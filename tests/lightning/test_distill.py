@@ -120,3 +120,78 @@ def test_shipped_4step_rankup_model_runs_in_stock_diffusers_like_the_repo_sample
     ours = sample_videos(load_backbone(path), [prompt], seed=0, **kw)  # (1, 3, F, H, W) in [-1, 1]
     ours = (ours.permute(0, 2, 1, 3, 4) + 1) / 2
     assert (torch.as_tensor(stock) - ours.clamp(0, 1)).abs().max() < 1e-3
+
+
+# ----------------------------------------------------------------------------- distribution matching (DMD2)
+def _gauss_denoiser(z: torch.Tensor, t: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """E[x0 | z_t] for x0 ~ N(mean, std^2) and z_t = (1 - t) x0 + t eps (exact for a Gaussian)."""
+    a, var = 1 - t, std**2
+    return mean + a * var / (a**2 * var + t**2) * (z - a * mean)
+
+
+def test_distribution_matching_moves_the_student_distribution_onto_the_data():
+    """1-D Gaussians with exact denoisers: the student's samples x = theta + eps; the real denoiser knows the data
+    N(2, 1), the fake one the student's own N(theta, 1). Descending the DMD loss takes theta to 2."""
+    from wan2.diffusion.distill import distribution_matching_loss
+
+    theta = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([theta], lr=0.05)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        x0 = theta + torch.randn(256, 1, generator=gen)  # (B, 1) student samples
+        t = 0.02 + 0.96 * torch.rand(256, 1, generator=gen)
+        zt = (1 - t) * x0.detach() + t * torch.randn(256, 1, generator=gen)
+        real = _gauss_denoiser(zt, t, torch.tensor(2.0), 1.0)
+        fake = _gauss_denoiser(zt, t, theta.detach(), 1.0)
+        loss = distribution_matching_loss(x0, real, fake)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(float(theta.detach()) - 2.0) < 0.15, float(theta.detach())
+    # no gradient once the fake denoiser equals the real one
+    x = torch.randn(4, 3, requires_grad=True)
+    same = torch.randn(4, 3)
+    distribution_matching_loss(x, same, same).backward()
+    assert torch.count_nonzero(x.grad) == 0
+
+
+def test_dm_phase_trains_the_student_and_the_fake_denoiser_only():
+    """objective.dm_steps: after the rounds, the student and the fake denoiser get gradients; the real one stays."""
+    from omegaconf import OmegaConf
+
+    from wan2.backbones.stack import build_backbone
+    from wan2.lightning.distill_module import DistillModule
+
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
+    cfg.transformer.num_layers = 1
+    torch.manual_seed(0)
+    bb = build_backbone(cfg)
+    module = DistillModule(bb, teacher_steps=8, student_steps=4, guidance_scale=2.0, cfg_steps=2, round_steps=2,
+                           dm_steps=3, ema_decay=0.0)
+    assert [p.kind for p in module.phases] == ["cfg", "pd", "dm"] and module.total_steps == 7
+    assert module.phase_at(4).kind == "dm"
+    c, f, h, w = bb.latent_shape(17, 32, 32)
+    batch = {"latents": torch.randn(2, c, f, h, w), "caption": ["a", "b"], "index": torch.tensor([0, 5])}
+    loss, parts = module.dm_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) == {"train/dm_gen", "train/dm_fake"}
+
+    def has_grad(m):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+    assert has_grad(module.transformer) and has_grad(module.fake)
+    assert not has_grad(module.real) and not has_grad(module.teacher)
+    groups = module.param_groups()
+    assert {id(p) for p in groups[-1]["params"]} == {id(p) for p in module.fake.parameters()}
+
+
+def test_a_schedule_with_nothing_to_distil_is_a_one_line_error():
+    from omegaconf import OmegaConf
+
+    from wan2.backbones.stack import build_backbone
+    from wan2.lightning.distill_module import DistillModule
+
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
+    cfg.transformer.num_layers = 1
+    with pytest.raises(ValueError, match=r"^objective: nothing to distil \(teacher_steps == student_steps == 4"):
+        DistillModule(build_backbone(cfg), teacher_steps=4, student_steps=4, cfg_steps=0, dm_steps=0)

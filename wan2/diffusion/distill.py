@@ -50,3 +50,24 @@ def two_step_target(z_t: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor, t_n
     u2 = velocity_fn(z_mid, t_mid).float()
     z_next = z_mid + _b(t_next - t_mid, z_t) * u2
     return (z_next - z_t.float()) / _b(t_next - t, z_t)
+
+
+def x0_from_velocity(z_t: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The clean estimate x0 = z_t - t u of a rectified-flow velocity ``u`` at sigma ``t`` (B,)."""
+    return z_t.float() - _b(t, z_t) * u.float()
+
+
+def distribution_matching_loss(x0_student: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> torch.Tensor:
+    """DMD's generator loss (Yin et al., 2024, eq. 7 with their normaliser).
+
+    The KL gradient between the student's and the data distribution at a noise level is the difference of the
+    two denoisers, fake (trained on student samples) minus real (the guided teacher). Normalised per sample by
+    mean |x0_student - x0_real|; the surrogate 0.5 ||x - sg(x - g)||^2 has gradient ``g`` w.r.t. ``x0_student``.
+    All (B, ...); ``x0_real`` / ``x0_fake`` carry no gradient.
+    """
+    dims = tuple(range(1, x0_student.ndim))
+    with torch.no_grad():
+        norm = (x0_student - x0_real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-6)  # (B, 1, ...)
+        grad = (x0_fake - x0_real) / norm
+    target = (x0_student - grad).detach()
+    return 0.5 * ((x0_student.float() - target.float()) ** 2).mean()

@@ -36,11 +36,16 @@ class QuickEval(L.Callback):
         if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_step:
             return
         self._last_step = step  # once per optimizer step, also with gradient accumulation
-        if not trainer.is_global_zero or not hasattr(pl_module, "backbone"):
+        from wan2.lightning.distributed import FSDP2Strategy
+
+        # FSDP2: every rank samples (each forward gathers shards from all ranks); rank 0 logs
+        sharded = isinstance(trainer.strategy, FSDP2Strategy)
+        if not hasattr(pl_module, "backbone") or not (trainer.is_global_zero or sharded):
             return
         metrics = self.evaluate(pl_module, getattr(trainer.datamodule, "rj_cfg", None))
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
 
     @torch.no_grad()
     def evaluate(self, pl_module, rj_cfg=None) -> dict[str, float]:

@@ -5,6 +5,10 @@ Phases run back to back in one Trainer run (``global_step`` decides the phase):
    teacher's N-step grid, so it needs no CFG afterwards (one pass per step instead of two);
 2. ``pd N->N/2`` rounds: the teacher is a frozen copy of the student at the end of the previous phase; one
    student Euler step on the stock diffusers N/2-step grid must land where two teacher steps land.
+3. ``dm`` (optional, ``dm_steps > 0``): distribution matching (DMD2, Yin et al. 2024) on the student's own
+   few-step samples: the real denoiser is the guided teacher, the fake one (a trainable copy) keeps learning
+   the student's outputs, and their difference is the student's gradient. Regression rounds copy the teacher
+   path by path and average what they cannot fit (blur); this term pulls the sample distribution back.
 The student's final grid is exactly ``FlowMatchEulerDiscreteScheduler.set_timesteps(student_steps)`` of the
 exported scheduler, so stock ``WanPipeline(num_inference_steps=4, guidance_scale=1.0)`` reproduces it.
 """
@@ -17,14 +21,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from wan2.diffusion import add_noise, draw_per_sample, inference_sigmas, randn_per_sample
-from wan2.diffusion.distill import guided_velocity, halving_schedule, two_step_target
+from wan2.diffusion import (
+    add_noise,
+    draw_per_sample,
+    inference_sigmas,
+    rand_per_sample,
+    randn_per_sample,
+    velocity_target,
+)
+from wan2.diffusion.distill import (
+    distribution_matching_loss,
+    guided_velocity,
+    halving_schedule,
+    two_step_target,
+    x0_from_velocity,
+)
 from wan2.lightning.flow_module import FlowMatchingModule
 
 
 @dataclass(frozen=True)
 class Phase:
-    kind: str  # "cfg" | "pd"
+    kind: str  # "cfg" | "pd" | "dm"
     teacher_steps: int
     student_steps: int
     start: int  # first global step of the phase
@@ -35,7 +52,8 @@ class DistillModule(FlowMatchingModule):
     """Guidance + progressive distillation of the transformer; the text encoder and VAE stay frozen."""
 
     def __init__(self, backbone, teacher_steps: int = 32, student_steps: int = 4, guidance_scale: float = 5.0,
-                 cfg_steps: int = 300, round_steps: int = 300, **kwargs):
+                 cfg_steps: int = 300, round_steps: int = 300, dm_steps: int = 0, dm_teacher: str | None = None,
+                 dm_sigma_range: tuple[float, float] = (0.02, 0.98), dm_fake_lr_scale: float = 1.0, **kwargs):
         if backbone.transformer_2 is not None:
             raise ValueError("objective=distill: two-expert models (Wan2.2 A14B) are not supported; distil a "
                              "one-transformer model (wan_tiny, wan22_ti2v_5b)")
@@ -51,12 +69,37 @@ class DistillModule(FlowMatchingModule):
         for n in self.rounds[1:]:
             phases.append(Phase("pd", 2 * n, n, start, start + round_steps))
             start += round_steps
+        if dm_steps > 0:
+            phases.append(Phase("dm", student_steps, student_steps, start, start + dm_steps))
+            start += dm_steps
+        if not phases:
+            raise ValueError(f"objective: nothing to distil (teacher_steps == student_steps == {student_steps}, "
+                             "cfg_steps=0 or guidance_scale<=1, dm_steps=0)")
         self.phases = phases
         self.total_steps = start
         self.shift = float(backbone.scheduler.config.shift)
         self.teacher = copy.deepcopy(self.transformer).requires_grad_(False).eval()  # the guided base
+        self.real = self.fake = None
+        if dm_steps > 0:
+            # real denoiser: the guided base (another export with objective.dm_teacher, e.g. when
+            # model.pretrained is already a student); fake: a trainable copy of it that follows the student
+            real = self._load_teacher(dm_teacher) if dm_teacher else self.transformer
+            self.real = copy.deepcopy(real).requires_grad_(False).eval()
+            self.fake = copy.deepcopy(real).requires_grad_(True).train()
         self._teacher_phase = 0
         self._uncond = None
+
+    @staticmethod
+    def _load_teacher(path: str) -> torch.nn.Module:
+        from wan2.backbones.stack import load_backbone
+
+        try:
+            bb = load_backbone(path)
+        except ValueError as e:
+            raise ValueError(f"objective.dm_teacher: {e}".replace("model.pretrained: ", "")) from None
+        if bb.transformer_2 is not None:
+            raise ValueError(f"objective.dm_teacher: {path!r} has two experts; distillation needs one transformer")
+        return bb.transformer
 
     def phase_at(self, step: int) -> Phase:
         for p in self.phases:
@@ -125,6 +168,49 @@ class DistillModule(FlowMatchingModule):
         pred = self._v(self.transformer, z, t, cond)
         return F.mse_loss(pred, target), phase
 
+    def dm_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        """Distribution matching on the student's samples (DMD2 with backward simulation).
+
+        Each sample runs k ~ U{0..n-1} student steps from noise without gradient, then one step with
+        gradient gives x0_s (the final sample when k = n-1). The generator loss moves x0_s along fake - real
+        denoiser at a random noise level; the fake denoiser learns x0_s by flow matching (disjoint weights,
+        so one backward serves both losses).
+        """
+        x0_shape = self.latents_of(batch).shape  # (B, C, F', H', W'): only the shape is used
+        cond = self.text_condition_frozen(batch)
+        B, n = x0_shape[0], self.phases[-1].student_steps
+        grid = inference_sigmas(n, self.shift)  # (n + 1,)
+        gens = {k: self.sample_rng(batch, f"dm_{k}") for k in ("start", "k", "t", "noise", "t_fake", "noise_fake")}
+        if gens["start"] is None:
+            gens = {k: [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)))) for _ in range(B)]
+                    for k in gens}
+        dev = cond.device
+        z = randn_per_sample(x0_shape[1:], gens["start"]).to(dev)  # (B, C, F', H', W') at sigma 1
+        k = (rand_per_sample(gens["k"]) * n).long().clamp_max(n - 1)  # (B,) steps taken without gradient
+        with torch.no_grad():
+            for j in range(int(k.max())):
+                s, s_next = grid[j].expand(B).to(dev), grid[j + 1]
+                z_next = z + (s_next - grid[j]) * self._v(self.transformer, z, s, cond)
+                z = torch.where((j < k).to(dev).view(-1, 1, 1, 1, 1), z_next, z)
+        sig = grid[k].to(dev)  # (B,)
+        x0_s = x0_from_velocity(z, sig, self._v(self.transformer, z, sig, cond))  # (B, ...) with gradient
+        lo, hi = self.hparams.dm_sigma_range
+        t = (lo + (hi - lo) * rand_per_sample(gens["t"])).to(dev)  # (B,)
+        zt = add_noise(x0_s.detach(), randn_per_sample(x0_shape[1:], gens["noise"]).to(dev), t)
+        with torch.no_grad():
+            uncond = self._uncond_emb(cond)
+            u_real = guided_velocity(self._v(self.real, zt, t, cond), self._v(self.real, zt, t, uncond),
+                                     self.hparams.guidance_scale)
+            x0_real = x0_from_velocity(zt, t, u_real)
+            x0_fake = x0_from_velocity(zt, t, self._v(self.fake, zt, t, cond))
+        loss_gen = distribution_matching_loss(x0_s, x0_real, x0_fake)
+        # the fake denoiser learns the student's current samples (flow matching, fresh noise level)
+        t2 = (lo + (hi - lo) * rand_per_sample(gens["t_fake"])).to(dev)
+        noise2 = randn_per_sample(x0_shape[1:], gens["noise_fake"]).to(dev)
+        x_s = x0_s.detach()
+        loss_fake = F.mse_loss(self._v(self.fake, add_noise(x_s, noise2, t2), t2, cond), velocity_target(x_s, noise2))
+        return loss_gen + loss_fake, {"train/dm_gen": loss_gen.detach(), "train/dm_fake": loss_fake.detach()}
+
     def text_condition_frozen(self, batch) -> torch.Tensor:
         if "text_emb" in batch:
             return batch["text_emb"]
@@ -132,10 +218,35 @@ class DistillModule(FlowMatchingModule):
             return self.backbone.encode_prompts(list(batch["caption"]))
 
     def training_step(self, batch, batch_idx):
-        loss, phase = self.distill_loss(batch)
+        phase = self.phase_at(self.global_step)
+        if phase.kind == "dm":
+            loss, parts = self.dm_loss(batch)
+            self.log_dict(parts, batch_size=len(batch["caption"]))
+        else:
+            loss, phase = self.distill_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         self.log("train/student_steps", float(phase.student_steps), prog_bar=True, batch_size=len(batch["caption"]))
         return loss
+
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if self.fake is not None:  # the fake denoiser trains beside the student (dm phase only: no grads before)
+            groups.append({"params": list(self.fake.parameters()),
+                           "lr": self.hparams.lr * self.hparams.dm_fake_lr_scale})
+        return groups
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if self.fake is None or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        from wan2.lightning.distributed import clip_grad_norm
+
+        # student and fake denoiser each by their own norm: one's large gradient must not shrink the other's
+        for m in (self.transformer, self.fake):
+            clip_grad_norm(m.parameters(), gradient_clip_val)
+
+    def sharded_modules(self) -> list[torch.nn.Module]:
+        """The student, and the teacher / real / fake copies (frozen ones too: each is a whole transformer)."""
+        return super().sharded_modules() + [m for m in (self.teacher, self.real, self.fake) if m is not None]
 
     @torch.no_grad()
     def generate(self, captions, meta0, seed):

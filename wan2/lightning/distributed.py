@@ -1,6 +1,11 @@
 """What multi-device training needs beyond the trainer configs (``configs/trainer/ddp.yaml``, ``fsdp.yaml``).
 
-- ``wan_block_classes``: FSDP's wrap policy, one sharded unit per diffusers ``WanTransformerBlock``;
+- ``FSDP2Strategy``: fully sharded data parallel with torch's FSDP2 (``fully_shard``) over every rank, one
+  sharded unit per diffusers ``WanTransformerBlock`` (``shard_per_block``); runs on GPUs (NCCL) and on CPUs
+  (gloo), so the CPU tests run it for real;
+- ``clip_grad_norm``: gradient clipping that works on sharded (DTensor) gradients;
+- ``wan_block_classes``: the wrap policy of Lightning's FSDP1 ``FSDPStrategy`` (GPU only), kept for configs
+  that select it;
 - ``is_fsdp``: whether a ``trainer.strategy`` value selects FSDP (its checkpoints are sharded directories);
 - ``SampleIndexLog``: which dataset indices each rank trained on, step by step (a data-order audit).
 """
@@ -13,6 +18,110 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp32": torch.float32, "float32": torch.float32}
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 data parallelism over all ranks (``trainer=fsdp``): every rank holds 1/world of each sharded
+    module's weights, gradients and AdamW states; checkpoints are sharded directories (one ``.distcp`` file per
+    rank + ``meta.pt``) unless ``save_distributed_checkpoint=false``.
+
+    Lightning's ``ModelParallelStrategy`` with the mesh fixed to (data_parallel=world, tensor_parallel=1); the
+    LightningModule's ``configure_model`` shards with ``shard_per_block`` (``FlowMatchingModule.configure_model``).
+    ``param_dtype`` / ``reduce_dtype`` (``bf16`` | ``fp32`` | null) are FSDP2's mixed precision: weights are
+    gathered in ``param_dtype`` for compute, gradients reduced in ``reduce_dtype``; masters stay fp32.
+    """
+
+    def __init__(self, param_dtype: str | None = None, reduce_dtype: str | None = "fp32",
+                 reshard_after_forward: bool = True, save_distributed_checkpoint: bool = True, **kwargs):
+        for key, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
+            if value is not None and value not in DTYPES:
+                raise ValueError(f"trainer.strategy.{key}: {value!r} is not a dtype (allowed: null, {sorted(DTYPES)})")
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
+                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.param_dtype, self.reduce_dtype = param_dtype, reduce_dtype
+        self.reshard_after_forward = bool(reshard_after_forward)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes  # pure data parallel: shard over all
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """Sharded checkpoints are written to ``<name>.tmp`` by every rank, then rank 0 swaps the finished
+        directory in (renameat2): a kill mid-write leaves the previous checkpoint whole under the final name."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        import shutil
+
+        from wan2.export import swap_in
+
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(path.name + ".tmp")
+        if self.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed write
+        self.barrier("wan2_ckpt_tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("wan2_ckpt_written")
+        if self.global_rank == 0:
+            swap_in(tmp, path)
+        self.barrier("wan2_ckpt_swapped")
+
+    def fully_shard_kwargs(self) -> dict:
+        """``fully_shard`` arguments: the data-parallel mesh, mixed precision, resharding after forward."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        kwargs = {"mesh": self.device_mesh["data_parallel"], "reshard_after_forward": self.reshard_after_forward}
+        if self.param_dtype is not None or self.reduce_dtype is not None:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=DTYPES.get(self.param_dtype), reduce_dtype=DTYPES.get(self.reduce_dtype)
+            )
+        return kwargs
+
+
+def shard_per_block(module: torch.nn.Module, block_classes: set[type], **fully_shard_kwargs) -> torch.nn.Module:
+    """FSDP2: ``fully_shard`` every submodule of ``block_classes`` (one all-gather per block), then the module
+    itself (the remaining weights: embeddings, norms, output head). Already sharded modules are left alone."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(module, FSDPModule):
+        return module
+    for sub in module.modules():
+        if isinstance(sub, tuple(block_classes)):
+            fully_shard(sub, **fully_shard_kwargs)
+    fully_shard(module, **fully_shard_kwargs)
+    return module
+
+
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """Clip gradients by their global 2-norm; sharded (DTensor) gradients count every rank's shard."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return torch.tensor(0.0)
+    sharded = [p for p in params if isinstance(p.grad, DTensor)]
+    whole = [p for p in params if not isinstance(p.grad, DTensor)]  # replicated (e.g. an unsharded text encoder)
+    norms = []
+    if sharded:  # full_tensor: a collective, every rank calls it
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor())
+    if whole:
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in whole]))
+    total = torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device) for n in norms]))
+    for group in (sharded, whole):
+        if group:
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly sharded) tensor: ``DTensor.to_local()``, else the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def wan_block_classes() -> set[type]:
@@ -27,10 +136,10 @@ def is_fsdp(strategy) -> bool:
     if isinstance(strategy, str):
         return strategy.startswith("fsdp")
     if isinstance(strategy, Mapping):
-        return str(strategy.get("_target_", "")).endswith("FSDPStrategy")
+        return str(strategy.get("_target_", "")).endswith(("FSDPStrategy", "FSDP2Strategy"))
     from lightning.pytorch.strategies import FSDPStrategy
 
-    return isinstance(strategy, FSDPStrategy)
+    return isinstance(strategy, FSDPStrategy | FSDP2Strategy)
 
 
 class SampleIndexLog(L.Callback):

@@ -7,13 +7,20 @@ import contextlib
 import torch
 
 
+def _local(p: torch.Tensor) -> torch.Tensor:
+    from wan2.lightning.distributed import local_tensor
+
+    return local_tensor(p)
+
+
 class EMA:
     """Shadow copies of ``named_params``; ``decay`` warms up as min(decay, (1 + n) / (10 + n))."""
 
     def __init__(self, named_params: dict[str, torch.nn.Parameter], decay: float):
         self.params = named_params
         self.decay = decay
-        self.shadow = {n: p.detach().clone().float() for n, p in named_params.items()}
+        # sharded (FSDP2 DTensor) parameters on one rank: the local tensor is the whole weight
+        self.shadow = {n: _local(p).detach().clone().float() for n, p in named_params.items()}
         self.num_updates = 0
 
     @torch.no_grad()
@@ -25,12 +32,12 @@ class EMA:
         for n, p in self.params.items():
             if self.shadow[n].device != p.device:  # built on the CPU before Lightning moved the model to the GPU
                 self.shadow[n] = self.shadow[n].to(p.device)
-            self.shadow[n].lerp_(p.detach().float(), 1.0 - d)
+            self.shadow[n].lerp_(_local(p).detach().float(), 1.0 - d)
 
     def _check_whole(self) -> None:
         """Sharded parameters (FSDP over several GPUs) hold a slice only: refuse them with the key to change."""
         for n, p in self.params.items():
-            if p.shape != self.shadow[n].shape:
+            if _local(p).shape != self.shadow[n].shape:
                 raise RuntimeError(
                     f"objective.ema_decay: {n} is sharded ({tuple(p.shape)} of {tuple(self.shadow[n].shape)} on this "
                     "rank) and the EMA keeps whole weights; set objective.ema_decay=0 with a sharded FSDP run "
@@ -40,16 +47,16 @@ class EMA:
     @contextlib.contextmanager
     def swapped(self):
         """Temporarily load the EMA weights into the live parameters."""
-        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        backup = {n: _local(p).detach().clone() for n, p in self.params.items()}
         with torch.no_grad():
             for n, p in self.params.items():
-                p.copy_(self.shadow[n].to(p.dtype))
+                _local(p).copy_(self.shadow[n].to(p.dtype))
         try:
             yield
         finally:
             with torch.no_grad():
                 for n, p in self.params.items():
-                    p.copy_(backup[n])
+                    _local(p).copy_(backup[n])
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow, "num_updates": self.num_updates, "decay": self.decay}

@@ -176,19 +176,56 @@ class FlowMatchingModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # FSDP: the norm is over every rank's shard, which only the root FSDP module computes (Lightning's
         # precision plugin refuses algorithm "norm" there)
-        from wan2.lightning.distributed import is_fsdp
+        from wan2.lightning.distributed import FSDP2Strategy, clip_grad_norm, is_fsdp
 
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_fsdp(self.trainer.strategy):
-            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            if isinstance(self.trainer.strategy, FSDP2Strategy):  # DTensor gradients: the norm over all shards
+                clip_grad_norm([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
+            else:  # Lightning's FSDP1 FSDPStrategy
+                self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def configure_optimizers(self):
+    def sharded_modules(self) -> list[torch.nn.Module]:
+        """What ``trainer=fsdp`` shards per block: the transformer(s) that train."""
+        return [m for _, m in self.trained_experts()]
+
+    def configure_model(self) -> None:
+        """``trainer=fsdp`` (``FSDP2Strategy``): shard the trained transformer(s) per ``WanTransformerBlock``.
+
+        Lightning calls this once the process group and device mesh exist, before the optimizer is built and
+        a checkpoint restored. The text encoder is sharded per ``UMT5Block`` (frozen or not); the small frozen
+        VAE stays whole on every rank.
+        """
+        from wan2.lightning.distributed import FSDP2Strategy, shard_per_block, wan_block_classes
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, FSDP2Strategy):
+            return
+        for m in self.sharded_modules():
+            shard_per_block(m, wan_block_classes(), **strategy.fully_shard_kwargs())
+        # the text encoder too, trained (its grads must be reduced) or frozen (umt5-xxl is 5.7 B parameters)
+        from transformers.models.umt5.modeling_umt5 import UMT5Block
+
+        shard_per_block(self.text_encoder, {UMT5Block}, **strategy.fully_shard_kwargs())
+        if self.ema is not None:  # fully_shard replaced the parameters: follow the new ones
+            if strategy.world_size > 1:
+                raise RuntimeError(
+                    f"objective.ema_decay: {self.ema.decay} needs whole weights, and trainer=fsdp shards them over "
+                    f"{strategy.world_size} ranks; set objective.ema_decay=0 (trainer=ddp, or fsdp on 1 device, keep it)"
+                )
+            self.ema = EMA(self._trainable(), self.ema.decay)
+
+    def param_groups(self) -> list[dict]:
+        """AdamW parameter groups: the trained transformer(s), and the text encoder when it trains."""
         groups = [{"params": [p for _, m in self.trained_experts() for p in m.parameters() if p.requires_grad]}]
         if self.hparams.train_text_encoder:
             groups.append({"params": list(self.text_encoder.parameters()),
                            "lr": self.hparams.lr * self.hparams.text_lr_scale})
-        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+        return groups
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
                                 weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000))
         warm, floor = max(1, self.hparams.warmup_steps), self.hparams.min_lr_ratio

@@ -29,6 +29,8 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from wan2.lightning.distributed import local_tensor
+
 log = logging.getLogger("wan2")
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (resume with ckpt_path=last)
@@ -146,7 +148,9 @@ class NonFiniteGuard(L.Callback):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_bad = False
         if not self._loss_bad and params:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
+            # this rank's shard of sharded (FSDP2) gradients: a local check, no collective on a branch that
+            # a rank with a bad loss skips; the decision is shared below
+            norm = torch.nn.utils.get_total_norm([local_tensor(p.grad) for p in params], error_if_nonfinite=False)
             grad_bad = not bool(torch.isfinite(norm))
         # every rank skips when any rank must (FSDP: each sees only its shard of the gradients; DDP: a rank's
         # own loss): ranks that stepped apart would train different models
