@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-slow bench eval lint format clean
+.PHONY: install demo test test-slow test-slurm bench eval lint format clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ test: install
 
 test-slow: install
 	$(VENV)/bin/pytest -q -m slow
+
+test-slurm: install  # a real one-node SLURM cluster (as root: installs Debian's slurm-wlm and munge once)
+	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq slurmctld slurmd slurm-client munge)
+	$(VENV)/bin/pytest -q tests/test_slurm_live.py
 
 bench: install
 	$(PY) scripts/bench.py --out outputs/bench.json

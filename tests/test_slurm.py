@@ -71,7 +71,7 @@ def test_launcher_config_composes_and_matches_the_sbatch():
     cfg = launcher_cfg("experiment=pretrain_tiny", "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4")
     assert cfg.hydra.runtime.choices["hydra/launcher"] == "submitit_slurm"
     lc = cfg.hydra.launcher
-    assert lc._target_ == "wan2.slurm.SlurmLauncher"
+    assert lc._target_ == "hydra_plugins.wan2_launcher.SlurmLauncher"  # Hydra loads launchers from there only
     # one task per GPU: tasks_per_node follows gpus_per_node
     assert (lc.nodes, lc.gpus_per_node, lc.tasks_per_node) == (2, 4, 4)
     assert lc.partition is None and lc.account is None

@@ -78,7 +78,9 @@ class DistillModule(FlowMatchingModule):
         self.phases = phases
         self.total_steps = start
         self.shift = float(backbone.scheduler.config.shift)
-        self.teacher = copy.deepcopy(self.transformer).requires_grad_(False).eval()  # the guided base
+        self.teacher = None  # the guided base, then the previous round's student (cfg and pd phases only)
+        if any(p.kind != "dm" for p in phases):
+            self.teacher = copy.deepcopy(self.transformer).requires_grad_(False).eval()
         self.real = self.fake = None
         if dm_steps > 0:
             # real denoiser: the guided base (another export with objective.dm_teacher, e.g. when
