@@ -361,3 +361,24 @@ def test_compare_runs_each_model_at_its_own_steps_and_guidance(tmp_path):
     assert (pa["num_inference_steps"], pa["guidance_scale"], pa["nfe"]) == (25, 2.5, 50)
     assert (pb["num_inference_steps"], pb["guidance_scale"], pb["nfe"]) == (4, 1.0, 4)
     assert report["comparison"]["cost/nfe"]["diff"] == -46
+    assert "notes" not in report  # the student keeps the base's VAE
+
+
+def test_compare_notes_when_the_sides_decode_with_different_vaes(tmp_path):
+    """The trap behind an earlier wrong RJ-FD gap: a student exported with an older VAE than its teacher's."""
+    from wan2.evaluation import Side, vae_fingerprint, vae_mismatch_note
+
+    other = tmp_path / "other"
+    shutil.copytree(BASE, other)
+    vae = next((other / "vae").glob("*.safetensors"))
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(vae)
+    first = next(iter(weights))
+    weights[first] = weights[first] + 0.01  # another decoder
+    save_file(weights, vae)
+    same = Side("B", str(ROOT / "pretrained" / "wan_tiny_rankup_4step"))
+    assert vae_fingerprint(str(BASE)) == vae_fingerprint(same.ckpt)
+    assert vae_mismatch_note([Side("A", str(BASE)), same]) is None
+    note = vae_mismatch_note([Side("A", str(BASE)), Side("B", str(other))])
+    assert note is not None and note.startswith("A and B decode with different VAEs")

@@ -913,6 +913,8 @@ def run(cfg, p: Plan) -> dict:
                 a, b, int(bs.get("num_samples", 10_000)), float(bs.get("ci", 0.95)), int(cfg.seed)
             ),
         }
+        if note := vae_mismatch_note(p.sides):
+            report["notes"] = [note]
         report["summary"] = (
             {f"A/{k}": v for k, v in a["summary"].items()}
             | {f"B/{k}": v for k, v in b["summary"].items()}
@@ -963,12 +965,34 @@ def log_wandb(report: dict, out: Path, cfg) -> None:
         run.finish()
 
 
+def vae_fingerprint(ckpt: str) -> str:
+    """sha256 of an export's VAE weights (``vae/*.safetensors``): which decoder turns its latents into pixels."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((Path(ckpt) / "vae").glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def vae_mismatch_note(sides: list[Side]) -> str | None:
+    """A/B sides that decode with different VAEs: their FD / FVD gap is partly the decoder's, not the denoiser's."""
+    if len(sides) != 2 or vae_fingerprint(sides[0].ckpt) == vae_fingerprint(sides[1].ckpt):
+        return None
+    return ("A and B decode with different VAEs (vae/ weights differ): differences in RJ-FD, FVD and the reader's "
+            "scores include the decoder's, not only the denoiser's")
+
+
 def main(cfg) -> int:
     """Plan, run, print the summary; a config or input problem prints one line and returns 2."""
     try:
         p = plan(cfg)
         for name, why in p.skipped.items():
             print(f"note: {name} not run: {why}", file=sys.stderr)
+        if p.mode == "compare" and (note := vae_mismatch_note(p.sides)):
+            print(f"note: {note}", file=sys.stderr)
         report = run(cfg, p)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
