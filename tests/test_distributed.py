@@ -390,6 +390,33 @@ def test_fsdp_follows_the_single_process_run_and_resumes_resharded(runs):
     assert sorted(i for r in rows if r["epoch"] == 0 for i in r["index"]) == list(range(N))
 
 
+def test_distillation_runs_every_phase_under_fsdp(tmp_path):
+    """experiment=distill_4step on 2 CPU ranks: cfg, three halving rounds (the teacher reloaded from the sharded
+    student each round) and distribution matching (a sharded fake denoiser), then the gathered 4-step export."""
+    out = tmp_path / "distill"
+    run([
+        "experiment=distill_4step",
+        f"paths.output_dir={out}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.num_train=16",
+        "data.batch_size=2",
+        "objective.cfg_steps=1",
+        "objective.round_steps=1",
+        "objective.dm_steps=1",
+        "trainer.max_steps=5",
+        "trainer.limit_val_batches=0",
+        "logger=csv",
+        "callbacks.progress=null",
+        "threads=1",
+        *FSDP_CPU,
+        "trainer.devices=2",
+    ])
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 5
+    meta = json.loads((out / "export" / "wan2.json").read_text())
+    assert (meta["num_inference_steps"], meta["guidance_scale"]) == (4, 1.0)
+    assert sorted(p.name for p in (out / "checkpoints" / "last.ckpt").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+
 # ----------------------------------------------------------------------------- FSDP (GPU)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the bf16 NCCL path; the CPU runs FSDP above)")

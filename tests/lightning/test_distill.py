@@ -100,8 +100,10 @@ def test_progressive_round_beats_the_teacher_at_half_the_steps(round_4_to_2):
     assert distilled < 0.6 * naive, f"student 2-step MSE to teacher 4-step {distilled:.4f} vs teacher 2-step {naive:.4f}"
 
 
-def test_shipped_4step_rankup_model_runs_in_stock_diffusers_like_the_repo_sampler():
-    """pretrained/wan_tiny_rankup_4step: stock WanPipeline at 4 steps, guidance 1.0, reproduces wan2.sampling."""
+@pytest.mark.parametrize("name", ["wan_tiny_4step", "wan_tiny_rankup_4step"])
+def test_shipped_4step_models_run_in_stock_diffusers_like_the_repo_sampler(name):
+    """pretrained/wan_tiny_4step (base student) and wan_tiny_rankup_4step (rank-up student): stock WanPipeline at
+    4 steps, guidance 1.0, reproduces wan2.sampling."""
     import json
 
     from diffusers import DiffusionPipeline
@@ -109,7 +111,7 @@ def test_shipped_4step_rankup_model_runs_in_stock_diffusers_like_the_repo_sample
     from wan2.backbones.stack import load_backbone
     from wan2.sampling import sample_videos
 
-    path = ROOT / "pretrained" / "wan_tiny_rankup_4step"
+    path = ROOT / "pretrained" / name
     meta = json.loads((path / "wan2.json").read_text())
     assert (meta["num_inference_steps"], meta["guidance_scale"]) == (4, 1.0)
     prompt = "the blue row climbs from #4 to #1 on the leaderboard"

@@ -190,7 +190,9 @@ class DistillModule(FlowMatchingModule):
         z = randn_per_sample(x0_shape[1:], gens["start"]).to(dev)  # (B, C, F', H', W') at sigma 1
         k = (rand_per_sample(gens["k"]) * n).long().clamp_max(n - 1)  # (B,) steps taken without gradient
         with torch.no_grad():
-            for j in range(int(k.max())):
+            # always n - 1 steps (masked per sample), not k.max(): under FSDP every rank must run the same
+            # forwards, and the last step is never taken without gradient
+            for j in range(n - 1):
                 s, s_next = grid[j].expand(B).to(dev), grid[j + 1]
                 z_next = z + (s_next - grid[j]) * self._v(self.transformer, z, s, cond)
                 z = torch.where((j < k).to(dev).view(-1, 1, 1, 1, 1), z_next, z)

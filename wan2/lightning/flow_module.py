@@ -125,9 +125,13 @@ class FlowMatchingModule(L.LightningModule):
             drop = torch.zeros(len(captions), dtype=torch.bool)
         if "text_emb" in batch and not self.hparams.train_text_encoder:
             emb = batch["text_emb"]
-            if drop.any():
-                empty = self.backbone.encode_prompts([""]).to(emb)
-                emb = torch.where(drop.to(emb.device)[:, None, None], empty, emb)
+            if self.hparams.caption_dropout > 0 and self.training:
+                # "" encoded once (the text encoder is frozen here) and on every rank alike: under FSDP the
+                # encoder is sharded, and a forward on only the ranks that dropped a caption would hang
+                if getattr(self, "_empty_emb", None) is None:
+                    with torch.no_grad():
+                        self._empty_emb = self.backbone.encode_prompts([""])
+                emb = torch.where(drop.to(emb.device)[:, None, None], self._empty_emb.to(emb), emb)
             return emb
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         ids, mask = self.backbone.tokenize(captions)
