@@ -110,7 +110,7 @@ def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Pa
         return {}
     whole = build_module(cfg)
     whole.load_state_dict(full)
-    if module.ema is not None:  # fsdp on one device only (wan2.lightning.flow_module.configure_model)
+    if getattr(module, "ema", None) is not None:  # fsdp on one device only (FlowMatchingModule.configure_model)
         whole.ema.load_state_dict(module.ema.state_dict())
     whole.trainer = trainer  # global_step, the run folder
     return whole.export(out_dir, datamodule=datamodule) or {}

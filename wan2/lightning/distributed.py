@@ -4,8 +4,8 @@
   sharded unit per diffusers ``WanTransformerBlock`` (``shard_per_block``); runs on GPUs (NCCL) and on CPUs
   (gloo), so the CPU tests run it for real;
 - ``clip_grad_norm``: gradient clipping that works on sharded (DTensor) gradients;
-- ``wan_block_classes``: the wrap policy of Lightning's FSDP1 ``FSDPStrategy`` (GPU only), kept for configs
-  that select it;
+- ``wan_block_classes``: the blocks sharded one by one (FSDP2 here; also the ``auto_wrap_policy`` of
+  Lightning's FSDP1 ``FSDPStrategy``, GPU only, for configs that select it);
 - ``is_fsdp``: whether a ``trainer.strategy`` value selects FSDP (its checkpoints are sharded directories);
 - ``SampleIndexLog``: which dataset indices each rank trained on, step by step (a data-order audit).
 """
@@ -125,7 +125,7 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def wan_block_classes() -> set[type]:
-    """``{WanTransformerBlock}``: FSDP's ``auto_wrap_policy`` (one sharded unit per diffusers transformer block)."""
+    """``{WanTransformerBlock}``: the unit FSDP shards one by one (FSDP2 ``shard_per_block``, FSDP1 ``auto_wrap_policy``)."""
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
     return {WanTransformerBlock}
