@@ -57,12 +57,16 @@ def ckpt_step(path: Path) -> int:
 
 
 def interrupt_at(args: list[str], last: Path, step: int, sig: int, timeout: float = 240) -> tuple[int, str]:
-    """Start a run, wait until ``last`` holds a step >= ``step``, send ``sig``; return (exit code, stderr)."""
+    """Start a run, wait until ``last`` holds a step >= ``step`` written by this run, send ``sig``; return (exit
+    code, stderr). "Written by this run": a resumed run can start from a checkpoint already past ``step``, and a
+    signal sent before it has installed its handlers would kill it instead of testing them."""
+    before = ckpt_step(last)
     proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.time() + timeout
     try:
         while proc.poll() is None and time.time() < deadline:
-            if ckpt_step(last) >= step:
+            reached = ckpt_step(last)
+            if reached >= step and reached > before:
                 proc.send_signal(sig)
                 break
             time.sleep(0.05)
