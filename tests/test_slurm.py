@@ -151,9 +151,10 @@ def test_requeue_if_preempted(tmp_path, monkeypatch):
 
 
 def test_submitit_launcher_requeues_a_run_that_exits_75(tmp_path, monkeypatch):
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginLauncher
-
+    # the class wan2's launcher extends, as wan2.slurm imported it (Hydra's plugin scan may load the plugin
+    # module again, so a fresh import could be another class object)
     from wan2.slurm import SlurmLauncher
+    from wan2.slurm import _SubmititSlurmLauncher as PluginLauncher
 
     monkeypatch.setenv("PATH", f"{fake_bin(tmp_path, scontrol='exit 0')}:{os.environ['PATH']}")
     for k, v in {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0", "SLURM_PROCID": "0"}.items():
