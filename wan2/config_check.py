@@ -531,13 +531,12 @@ def _check_objective(cfg: DictConfig) -> None:
     _int(cfg, f"{o}.round_steps", 1)
     _int(cfg, f"{o}.dm_steps", 0)
     _num(cfg, f"{o}.dm_fake_lr_scale", 0)
-    dm_teacher = obj.get("dm_teacher") if isinstance(obj, DictConfig) else None
+    dm_teacher = obj.get("dm_teacher")
     if dm_teacher is not None and not (Path(str(dm_teacher)) / "model_index.json").is_file():
         _err(f"{o}.dm_teacher: {str(dm_teacher)!r} is not a diffusers export (no model_index.json; allowed: null "
              "or an export folder such as pretrained/wan_tiny_base)")
-    rng = obj.get("dm_sigma_range") if isinstance(obj, DictConfig) else None
-    if rng is not None and not (len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)
-                                and 0 < rng[0] < rng[1] <= 1):
+    rng = obj.get("dm_sigma_range")
+    if rng is not None and not (len(rng) == 2 and all(_is_num(v) for v in rng) and 0 < rng[0] < rng[1] <= 1):
         _err(f"{o}.dm_sigma_range: {list(rng)!r} must be two noise levels 0 < lo < hi <= 1 (e.g. [0.02, 0.98])")
     teacher = _int(cfg, f"{o}.teacher_steps", 1)
     student = _int(cfg, f"{o}.student_steps", 1)

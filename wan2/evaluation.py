@@ -202,6 +202,7 @@ class Plan:
     skipped: dict[str, str]  # metric -> why it is not run
     gen: dict  # num_frames, height, width, fps, num_inference_steps, guidance_scale, nfe
     source: str  # the prompt set or video folder
+    notes: list[str] = field(default_factory=list)  # things the reader of an A/B should know (vae_mismatch_note)
 
 
 def _read_wan2_json(ckpt: str) -> dict:
@@ -418,7 +419,8 @@ def plan(cfg) -> Plan:
             skipped[name] = why
     if len(sides) == 2 and len(items) < 2:
         raise ConfigError(f"num_videos: {len(items)} video(s); a paired bootstrap CI needs at least 2")
-    return Plan("compare" if len(sides) == 2 else "generate", sides, items, metrics, skipped, gen, source)
+    notes = [n for n in [vae_mismatch_note(sides)] if n]
+    return Plan("compare" if len(sides) == 2 else "generate", sides, items, metrics, skipped, gen, source, notes)
 
 
 # ----------------------------------------------------------------------------- getting the videos
@@ -913,8 +915,8 @@ def run(cfg, p: Plan) -> dict:
                 a, b, int(bs.get("num_samples", 10_000)), float(bs.get("ci", 0.95)), int(cfg.seed)
             ),
         }
-        if note := vae_mismatch_note(p.sides):
-            report["notes"] = [note]
+        if p.notes:
+            report["notes"] = p.notes
         report["summary"] = (
             {f"A/{k}": v for k, v in a["summary"].items()}
             | {f"B/{k}": v for k, v in b["summary"].items()}
@@ -991,7 +993,7 @@ def main(cfg) -> int:
         p = plan(cfg)
         for name, why in p.skipped.items():
             print(f"note: {name} not run: {why}", file=sys.stderr)
-        if p.mode == "compare" and (note := vae_mismatch_note(p.sides)):
+        for note in p.notes:
             print(f"note: {note}", file=sys.stderr)
         report = run(cfg, p)
     except ConfigError as err:

@@ -38,6 +38,7 @@ munged --force --key-file="$dir/munge/munge.key" --socket="$sock" --pid-file="$d
 cpus="$(nproc)"
 mem_mb="$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))"
 user="$(id -un)"
+plugin_dir="/usr/lib/$(uname -m)-linux-gnu/slurm-wlm"
 cat > "$dir/slurm.conf" <<EOF
 ClusterName=wan2local
 SlurmctldHost=$host
@@ -61,7 +62,7 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-PluginDir=/usr/lib/x86_64-linux-gnu/slurm-wlm
+PluginDir=$plugin_dir
 JobRequeue=1
 MaxJobCount=1000
 InactiveLimit=0
@@ -70,8 +71,6 @@ SchedulerType=sched/backfill
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
-arch_dir="/usr/lib/$(uname -m)-linux-gnu/slurm-wlm"
-sed -i "s#^PluginDir=.*#PluginDir=$arch_dir#" "$dir/slurm.conf"
 export SLURM_CONF="$dir/slurm.conf"
 slurmctld -f "$SLURM_CONF"
 slurmd -f "$SLURM_CONF"

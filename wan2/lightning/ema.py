@@ -6,11 +6,7 @@ import contextlib
 
 import torch
 
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    from wan2.lightning.distributed import local_tensor
-
-    return local_tensor(p)
+from wan2.lightning.distributed import local_tensor as _local
 
 
 class EMA:

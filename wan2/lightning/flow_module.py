@@ -79,6 +79,7 @@ class FlowMatchingModule(L.LightningModule):
         self.text_encoder.train(train_text_encoder)
         self.configure_trainable()
         self.ema = EMA(self._trainable(), ema_decay) if ema_decay > 0 else None
+        self._empty_emb = None  # the embedding of "" for caption dropout with cached text (encoded once)
 
     def configure_trainable(self) -> None:
         """Hook: which transformer weights train (all here; adapters only in LoRAModule)."""
@@ -128,7 +129,7 @@ class FlowMatchingModule(L.LightningModule):
             if self.hparams.caption_dropout > 0 and self.training:
                 # "" encoded once (the text encoder is frozen here) and on every rank alike: under FSDP the
                 # encoder is sharded, and a forward on only the ranks that dropped a caption would hang
-                if getattr(self, "_empty_emb", None) is None:
+                if self._empty_emb is None:
                     with torch.no_grad():
                         self._empty_emb = self.backbone.encode_prompts([""])
                 emb = torch.where(drop.to(emb.device)[:, None, None], self._empty_emb.to(emb), emb)
