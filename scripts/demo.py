@@ -20,7 +20,9 @@ PY = sys.executable
 
 def run(cmd: list[str]) -> None:
     print("\n$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
+    subprocess.run(
+        cmd, cwd=ROOT, check=True, env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    )
 
 
 def stage(name: str, done: Path, cmd: list[str]) -> None:
@@ -41,37 +43,102 @@ def main() -> int:
         vae = outputs / "vae_tiny_decoder" / "latest" / "export" / "vae"
         base = outputs / "pretrain_tiny" / "latest" / "export"
         stage("1. VAE (experiment=vae_tiny)", vae0, [PY, "train.py", "experiment=vae_tiny"])
-        stage("1b. VAE decoder (experiment=vae_tiny_decoder)", vae,
-              [PY, "train.py", "experiment=vae_tiny_decoder", f"model.vae_pretrained={vae0}"])
-        stage("2. base (experiment=pretrain_tiny)", base,
-              [PY, "train.py", "experiment=pretrain_tiny", f"model.vae_pretrained={vae}"])
+        stage(
+            "1b. VAE decoder (experiment=vae_tiny_decoder)",
+            vae,
+            [PY, "train.py", "experiment=vae_tiny_decoder", f"model.vae_pretrained={vae0}"],
+        )
+        stage(
+            "2. base (experiment=pretrain_tiny)",
+            base,
+            [PY, "train.py", "experiment=pretrain_tiny", f"model.vae_pretrained={vae}"],
+        )
     else:
         vae = ROOT / "pretrained" / "vae_tiny"
         base = ROOT / "pretrained" / "wan_tiny_base"
         for d in (vae, base):
             if not d.is_dir():
-                print(f"error: {d.relative_to(ROOT)} is missing; run `make demo from_scratch=1`", file=sys.stderr)
+                print(
+                    f"error: {d.relative_to(ROOT)} is missing; run `make demo from_scratch=1`",
+                    file=sys.stderr,
+                )
                 return 2
-    stage("3. sample held-out prompts from the base", outputs / "demo" / "base_samples" / "scores.json",
-          [PY, "scripts/sample.py", "--export", str(base), "--out", str(outputs / "demo" / "base_samples"),
-           "--num", "32", "--events", "hold,rank_down,first_entry"])
+    stage(
+        "3. sample held-out prompts from the base",
+        outputs / "demo" / "base_samples" / "scores.json",
+        [
+            PY,
+            "scripts/sample.py",
+            "--export",
+            str(base),
+            "--out",
+            str(outputs / "demo" / "base_samples"),
+            "--num",
+            "32",
+            "--events",
+            "hold,rank_down,first_entry",
+        ],
+    )
     lora_run = outputs / "demo" / "lora_rankup"
-    stage("4. rank-up LoRA (experiment=lora_rankup)", lora_run / "export" / "lora" / "pytorch_lora_weights.safetensors",
-          [PY, "train.py", "experiment=lora_rankup", f"model.pretrained={base}", f"paths.output_dir={lora_run}",
-           "logger=csv"])
+    stage(
+        "4. rank-up LoRA (experiment=lora_rankup)",
+        lora_run / "export" / "lora" / "pytorch_lora_weights.safetensors",
+        [
+            PY,
+            "train.py",
+            "experiment=lora_rankup",
+            f"model.pretrained={base}",
+            f"paths.output_dir={lora_run}",
+            "logger=csv",
+        ],
+    )
     student_run = outputs / "demo" / "distill_4step"
-    stage("5. 4-step student (experiment=distill_4step)", student_run / "export" / "wan2.json",
-          [PY, "train.py", "experiment=distill_4step", f"model.pretrained={base}", f"paths.output_dir={student_run}",
-           "objective.cfg_steps=100", "objective.round_steps=100", "trainer.max_steps=400", "logger=csv"])
+    stage(
+        "5. 4-step student (experiment=distill_4step)",
+        student_run / "export" / "wan2.json",
+        [
+            PY,
+            "train.py",
+            "experiment=distill_4step",
+            f"model.pretrained={base}",
+            f"paths.output_dir={student_run}",
+            "objective.cfg_steps=100",
+            "objective.round_steps=100",
+            "trainer.max_steps=400",
+            "logger=csv",
+        ],
+    )
     lora = lora_run / "export" / "lora" / "pytorch_lora_weights.safetensors"
-    stage("6. evaluate base vs base + LoRA on held-out rank-up prompts", outputs / "demo" / "eval_lora" / "report.json",
-          [PY, "evaluate.py", f"compare=[{base},{base}+{lora}]", "events=[rank_up]", "num_videos=32",
-           f"out={outputs / 'demo' / 'eval_lora'}", "logger=none"])
-    stage("7. evaluate the base (its steps, CFG) vs the 4-step student", outputs / "demo" / "eval_student" / "report.json",
-          [PY, "evaluate.py", f"compare=[{base},{student_run / 'export'}]", "num_videos=32",
-           f"out={outputs / 'demo' / 'eval_student'}", "logger=none"])
-    print(f"\n[demo] done: open {outputs / 'demo' / 'eval_lora' / 'report.html'} and "
-          f"{outputs / 'demo' / 'eval_student' / 'report.html'}", flush=True)
+    stage(
+        "6. evaluate base vs base + LoRA on held-out rank-up prompts",
+        outputs / "demo" / "eval_lora" / "report.json",
+        [
+            PY,
+            "evaluate.py",
+            f"compare=[{base},{base}+{lora}]",
+            "events=[rank_up]",
+            "num_videos=32",
+            f"out={outputs / 'demo' / 'eval_lora'}",
+            "logger=none",
+        ],
+    )
+    stage(
+        "7. evaluate the base (its steps, CFG) vs the 4-step student",
+        outputs / "demo" / "eval_student" / "report.json",
+        [
+            PY,
+            "evaluate.py",
+            f"compare=[{base},{student_run / 'export'}]",
+            "num_videos=32",
+            f"out={outputs / 'demo' / 'eval_student'}",
+            "logger=none",
+        ],
+    )
+    print(
+        f"\n[demo] done: open {outputs / 'demo' / 'eval_lora' / 'report.html'} and "
+        f"{outputs / 'demo' / 'eval_student' / 'report.html'}",
+        flush=True,
+    )
     return 0
 
 

@@ -42,23 +42,42 @@ def main(argv=None) -> int:
         return 2
     meta = bb.extra
     events = [e for e in args.events.split(",") if e]
-    cfg = RankJumpConfig(height=meta.get("height", 32), width=meta.get("width", 32),
-                         num_frames=meta.get("num_frames", 17), rows=meta.get("rows", 5),
-                         mix={e: 1.0 for e in events})
+    cfg = RankJumpConfig(
+        height=meta.get("height", 32),
+        width=meta.get("width", 32),
+        num_frames=meta.get("num_frames", 17),
+        rows=meta.get("rows", 5),
+        mix={e: 1.0 for e in events},
+    )
     clips = [RankJump(cfg, args.split, args.num)[i] for i in range(args.num)]
     steps = args.steps or meta.get("num_inference_steps", 25)
     guidance = args.guidance if args.guidance is not None else meta.get("guidance_scale", 5.0)
     videos, start = [], time.time()
     for i in range(0, len(clips), args.batch):
         chunk = clips[i : i + args.batch]
-        videos.append(sample_videos(bb, [c.caption for c in chunk], num_frames=cfg.num_frames, height=cfg.height,
-                                    width=cfg.width, num_inference_steps=steps, guidance_scale=guidance,
-                                    seed=args.seed + i))
+        videos.append(
+            sample_videos(
+                bb,
+                [c.caption for c in chunk],
+                num_frames=cfg.num_frames,
+                height=cfg.height,
+                width=cfg.width,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                seed=args.seed + i,
+            )
+        )
         print(f"sampled {min(i + args.batch, len(clips))}/{len(clips)}", file=sys.stderr)
     video = torch.cat(videos)
     scores = judge_batch(video, [c.meta for c in clips])
-    scores |= {"num_videos": len(clips), "steps": steps, "guidance_scale": guidance, "split": args.split,
-               "seconds_per_video": round((time.time() - start) / len(clips), 4), "export": str(args.export)}
+    scores |= {
+        "num_videos": len(clips),
+        "steps": steps,
+        "guidance_scale": guidance,
+        "split": args.split,
+        "seconds_per_video": round((time.time() - start) / len(clips), 4),
+        "export": str(args.export),
+    }
     out = Path(args.out)
     save_samples(video, [c.caption for c in clips], out, fps=cfg.fps)
     (out / "scores.json").write_text(json.dumps(scores, indent=2))

@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 GROUPS = ("data", "model", "objective", "lora", "trainer", "callbacks", "logger")
-NEEDS = {"data/shards": ["data.train_shards='pipe:cat data/rankjump/train-000000.tar'"]}  # options with a required key
+NEEDS = {
+    "data/shards": ["data.train_shards='pipe:cat data/rankjump/train-000000.tar'"]
+}  # options with a required key
 
 # id: (overrides, key the message starts with, what it must say is allowed)
 CASES = {
@@ -85,10 +87,16 @@ CASES = {
     "num_workers_negative": (["data.num_workers=-1"], "data.num_workers", "an int >= 0"),
     "val_split_unknown": (["data.val_split=dev"], "data.val_split", "'heldout'"),
     "shards_not_set": (["data=shards"], "data.train_shards", "required"),
-    "shards_missing": (["data=shards", "data.train_shards='/nonexistent/t-{000000..000003}.tar'"],
-                       "data.train_shards", "4 of 4 shard files do not exist"),
-    "shards_glob_empty": (["data=shards", "data.train_shards=/nonexistent/*.tar", "data.val_shards=null"],
-                          "data.train_shards", "no file matches"),
+    "shards_missing": (
+        ["data=shards", "data.train_shards='/nonexistent/t-{000000..000003}.tar'"],
+        "data.train_shards",
+        "4 of 4 shard files do not exist",
+    ),
+    "shards_glob_empty": (
+        ["data=shards", "data.train_shards=/nonexistent/*.tar", "data.val_shards=null"],
+        "data.train_shards",
+        "no file matches",
+    ),
     # objective hyperparameters and step schedules
     "lr_string": (["objective.lr=fast"], "objective.lr", "a number > 0"),
     "lr_zero": (["objective.lr=0"], "objective.lr", "a number > 0"),
@@ -222,8 +230,16 @@ CASES = {
     # the rest of the run
     "seed_string": (["seed=abc"], "seed", "an int >= 0"),
     "threads_zero": (["threads=0"], "threads", "an int >= 1"),
-    "nonfinite_in_row_zero": (["reliability.max_nonfinite_in_row=0"], "reliability.max_nonfinite_in_row", "an int >= 1"),
-    "preemption_signal_kill": (["reliability.preemption_signals=[SIGKILL]"], "reliability.preemption_signals", "SIGUSR1"),
+    "nonfinite_in_row_zero": (
+        ["reliability.max_nonfinite_in_row=0"],
+        "reliability.max_nonfinite_in_row",
+        "an int >= 1",
+    ),
+    "preemption_signal_kill": (
+        ["reliability.preemption_signals=[SIGKILL]"],
+        "reliability.preemption_signals",
+        "SIGUSR1",
+    ),
     "quick_eval_split_unknown": (
         ["callbacks=quick_eval", "callbacks.quick_eval.split=dev"],
         "callbacks.quick_eval.split",

@@ -127,7 +127,11 @@ def test_trainer_configs_select_their_strategies():
     from wan2.lightning.distributed import FSDP2Strategy
 
     assert isinstance(strategy, FSDP2Strategy) and is_fsdp(strategy) and strategy._save_distributed_checkpoint
-    assert (strategy.param_dtype, strategy.reduce_dtype, strategy.reshard_after_forward) == ("bf16", "fp32", True)
+    assert (strategy.param_dtype, strategy.reduce_dtype, strategy.reshard_after_forward) == (
+        "bf16",
+        "fp32",
+        True,
+    )
     with pytest.raises(ValueError, match=r"^trainer\.strategy\.param_dtype: 'bf32' is not a dtype"):
         FSDP2Strategy(param_dtype="bf32")
 
@@ -292,7 +296,12 @@ def runs(tmp_path_factory):
         )
     )
     # FSDP: 2 ranks (with the export gathered from the shards), then the sharded checkpoint on 1 rank
-    run([*overrides(root / "fsdp", data, BATCH // 2, DDP_STEPS, *FSDP_CPU, "trainer.devices=2"), "export.enabled=true"])
+    run(
+        [
+            *overrides(root / "fsdp", data, BATCH // 2, DDP_STEPS, *FSDP_CPU, "trainer.devices=2"),
+            "export.enabled=true",
+        ]
+    )
     (root / "fsdp" / "csv").rename(root / "fsdp" / "csv_2ranks")  # the resumed run writes its own csv
     run(overrides(root / "fsdp", data, BATCH, STEPS, *FSDP_CPU, "trainer.devices=1", "ckpt_path=last"))
     return root
@@ -369,8 +378,10 @@ def test_fsdp_follows_the_single_process_run_and_resumes_resharded(runs):
             fsdp |= {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
     assert sorted(fsdp) == list(range(STEPS))
     abs_diff, rel_diff = compare(single, fsdp, range(STEPS))
-    print(f"FSDP 2x{BATCH // 2} (steps 0-2), resumed on 1 rank (3-5) vs 1x{BATCH}: max |dloss| {abs_diff:.2e} "
-          f"(rel {rel_diff:.2e})")
+    print(
+        f"FSDP 2x{BATCH // 2} (steps 0-2), resumed on 1 rank (3-5) vs 1x{BATCH}: max |dloss| {abs_diff:.2e} "
+        f"(rel {rel_diff:.2e})"
+    )
     last = runs / "fsdp" / "checkpoints" / "last.ckpt"
     assert last.is_dir() and (last / "meta.pt").is_file() and not last.with_name("last.ckpt.tmp").exists()
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp"]  # rewritten by the 1-rank run
@@ -379,8 +390,11 @@ def test_fsdp_follows_the_single_process_run_and_resumes_resharded(runs):
     assert sorted(p.name for p in step3.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one per rank
     # the export after the 2-rank run holds the whole (gathered) weights: those of the 1-process run at step 3
     exported = load_file(runs / "fsdp" / "export" / "transformer" / "diffusion_pytorch_model.safetensors")
-    ref = {k.removeprefix("transformer."): v for k, v in step_ckpt(runs / "single", DDP_STEPS)["state_dict"].items()
-           if k.startswith("transformer.")}
+    ref = {
+        k.removeprefix("transformer."): v
+        for k, v in step_ckpt(runs / "single", DDP_STEPS)["state_dict"].items()
+        if k.startswith("transformer.")
+    }
     assert exported.keys() == ref.keys()
     worst = max(float((exported[k].float() - ref[k].float()).abs().max()) for k in ref)
     assert worst < 1e-5, worst
@@ -394,32 +408,39 @@ def test_distillation_runs_every_phase_under_fsdp(tmp_path):
     """experiment=distill_4step on 2 CPU ranks: cfg, three halving rounds (the teacher reloaded from the sharded
     student each round) and distribution matching (a sharded fake denoiser), then the gathered 4-step export."""
     out = tmp_path / "distill"
-    run([
-        "experiment=distill_4step",
-        f"paths.output_dir={out}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        "data.num_train=16",
-        "data.batch_size=2",
-        "objective.cfg_steps=1",
-        "objective.round_steps=1",
-        "objective.dm_steps=1",
-        "trainer.max_steps=5",
-        "trainer.limit_val_batches=0",
-        "logger=csv",
-        "callbacks.progress=null",
-        "threads=1",
-        *FSDP_CPU,
-        "trainer.devices=2",
-    ])
+    run(
+        [
+            "experiment=distill_4step",
+            f"paths.output_dir={out}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "data.num_train=16",
+            "data.batch_size=2",
+            "objective.cfg_steps=1",
+            "objective.round_steps=1",
+            "objective.dm_steps=1",
+            "trainer.max_steps=5",
+            "trainer.limit_val_batches=0",
+            "logger=csv",
+            "callbacks.progress=null",
+            "threads=1",
+            *FSDP_CPU,
+            "trainer.devices=2",
+        ]
+    )
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 5
     meta = json.loads((out / "export" / "wan2.json").read_text())
     assert (meta["num_inference_steps"], meta["guidance_scale"]) == (4, 1.0)
-    assert sorted(p.name for p in (out / "checkpoints" / "last.ckpt").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (out / "checkpoints" / "last.ckpt").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
 
 
 # ----------------------------------------------------------------------------- FSDP (GPU)
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the bf16 NCCL path; the CPU runs FSDP above)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (the bf16 NCCL path; the CPU runs FSDP above)"
+)
 def test_fsdp_trains_and_resumes_from_a_sharded_checkpoint_on_one_gpu(tmp_path):
     """``trainer=fsdp`` (bf16-mixed, one unit per WanTransformerBlock) on 1 GPU: 2 steps, a sharded checkpoint
     directory, then 1 more step resumed from it."""

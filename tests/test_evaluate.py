@@ -353,8 +353,16 @@ def test_compare_runs_each_model_at_its_own_steps_and_guidance(tmp_path):
     settings (same prompts, seeds, frames and size), and the cost rows say so."""
     student = ROOT / "pretrained" / "wan_tiny_rankup_4step"
     out = tmp_path / "ab"
-    cfg = config(out, f"compare=[{BASE},{student}]", "prompts=test", "num_videos=2", "batch_size=2", "threads=1",
-                 "metrics.names=[rank_trajectory,nfe_time]", "bootstrap.num_samples=200")
+    cfg = config(
+        out,
+        f"compare=[{BASE},{student}]",
+        "prompts=test",
+        "num_videos=2",
+        "batch_size=2",
+        "threads=1",
+        "metrics.names=[rank_trajectory,nfe_time]",
+        "bootstrap.num_samples=200",
+    )
     assert main(cfg) == 0
     report = json.loads((out / "report.json").read_text())
     pa, pb = report["a"]["protocol"], report["b"]["protocol"]

@@ -31,13 +31,28 @@ STEPS = 16
 
 def tiny_run_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, str(ROOT / "train.py"), "experiment=pretrain_tiny",
-        f"paths.output_dir={out}", f"paths.data_dir={data_dir}",
-        "data.num_train=32", "data.batch_size=4", f"trainer.max_steps={STEPS}", "trainer.max_time=null",
-        "trainer.val_check_interval=5", "trainer.limit_val_batches=1", "data.num_val=2", "data.val_batch_size=2",
-        "objective.sample.num_inference_steps=2", "objective.warmup_steps=4",
-        "callbacks.checkpoint.every_n_train_steps=1", "callbacks.progress=null",
-        "logger=csv", "export.enabled=false", "threads=1", "trainer.deterministic=true", *extra,
+        sys.executable,
+        str(ROOT / "train.py"),
+        "experiment=pretrain_tiny",
+        f"paths.output_dir={out}",
+        f"paths.data_dir={data_dir}",
+        "data.num_train=32",
+        "data.batch_size=4",
+        f"trainer.max_steps={STEPS}",
+        "trainer.max_time=null",
+        "trainer.val_check_interval=5",
+        "trainer.limit_val_batches=1",
+        "data.num_val=2",
+        "data.val_batch_size=2",
+        "objective.sample.num_inference_steps=2",
+        "objective.warmup_steps=4",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "callbacks.progress=null",
+        "logger=csv",
+        "export.enabled=false",
+        "threads=1",
+        "trainer.deterministic=true",
+        *extra,
     ]
 
 
@@ -61,7 +76,9 @@ def interrupt_at(args: list[str], last: Path, step: int, sig: int, timeout: floa
     code, stderr). "Written by this run": a resumed run can start from a checkpoint already past ``step``, and a
     signal sent before it has installed its handlers would kill it instead of testing them."""
     before = ckpt_step(last)
-    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     deadline = time.time() + timeout
     try:
         while proc.poll() is None and time.time() < deadline:
@@ -98,7 +115,9 @@ def _flat(tree, prefix="") -> dict:
 
 
 def _finite(state_dict: dict) -> bool:
-    return all(torch.isfinite(t).all() for t in state_dict.values() if torch.is_tensor(t) and t.is_floating_point())
+    return all(
+        torch.isfinite(t).all() for t in state_dict.values() if torch.is_tensor(t) and t.is_floating_point()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +139,12 @@ def test_killed_and_preempted_run_resumes_bitwise_equal(reference):
     last = out / "checkpoints" / "last.ckpt"
     args = tiny_run_args(out, data, "ckpt_path=last")
     rng = random.Random(int(os.environ.get("WAN2_FAULT_SEED", "0")) or None)
-    plan = [(rng.randint(1, 4), signal.SIGKILL), (rng.randint(5, 8), signal.SIGKILL),
-            (rng.randint(9, 11), signal.SIGTERM), (rng.randint(12, 14), signal.SIGUSR1)]
+    plan = [
+        (rng.randint(1, 4), signal.SIGKILL),
+        (rng.randint(5, 8), signal.SIGKILL),
+        (rng.randint(9, 11), signal.SIGTERM),
+        (rng.randint(12, 14), signal.SIGUSR1),
+    ]
     survived = []
     for step, sig in plan:
         before = ckpt_step(last)
@@ -146,8 +169,15 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(reference, tmp_pat
     inject = ["+callbacks.faults._target_=wan2.lightning.reliability.FaultInjector"]
     # a NaN loss at steps 3 and 7 and an inf gradient at step 11: skipped, counted, the run finishes
     out = tmp_path / "skips"
-    r = run(tiny_run_args(out, data, *inject, "+callbacks.faults.nan_input_steps=[3,7]",
-                          "+callbacks.faults.nan_grad_steps=[11]"))
+    r = run(
+        tiny_run_args(
+            out,
+            data,
+            *inject,
+            "+callbacks.faults.nan_input_steps=[3,7]",
+            "+callbacks.faults.nan_grad_steps=[11]",
+        )
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ck = safe_torch_load(out / "checkpoints" / "last.ckpt")
     assert ck["global_step"] == STEPS
@@ -158,12 +188,21 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(reference, tmp_pat
     logged = "".join(p.read_text() for p in metrics)
     assert "nonfinite/skipped" in logged
     # a skipped step changes nothing: weights differ from the reference only because 3 updates are missing
-    assert not torch.equal(ck["state_dict"]["transformer.proj_out.weight"], ref["state_dict"]["transformer.proj_out.weight"])
+    assert not torch.equal(
+        ck["state_dict"]["transformer.proj_out.weight"], ref["state_dict"]["transformer.proj_out.weight"]
+    )
 
     # 4 NaN steps in a row with max 3: the run stops with one line; the last good checkpoint stays loadable
     out = tmp_path / "stops"
-    r = run(tiny_run_args(out, data, *inject, "+callbacks.faults.nan_input_steps=[6,7,8,9]",
-                          "reliability.max_nonfinite_in_row=3"))
+    r = run(
+        tiny_run_args(
+            out,
+            data,
+            *inject,
+            "+callbacks.faults.nan_input_steps=[6,7,8,9]",
+            "reliability.max_nonfinite_in_row=3",
+        )
+    )
     assert r.returncode == 1
     err_lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err_lines) == 1 and "3 non-finite steps in a row" in err_lines[0], r.stderr[-2000:]
@@ -203,8 +242,13 @@ def test_kill_during_write_leaves_the_previous_file_whole(tmp_path, kind):
     rng = random.Random(0)
     kills = 0
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(target)], env=env(), cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, kind, str(target)],
+            env=env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         proc.stdout.readline()  # one complete version exists
         time.sleep(rng.uniform(0.0, 0.3))
         proc.kill()
@@ -239,11 +283,21 @@ def test_pickled_objects_are_refused_where_weights_are_expected(tmp_path):
         safe_torch_load(raw)
 
     # through the CLI: one line, exit 2, before any model is built
-    r = run([sys.executable, str(ROOT / "train.py"), "experiment=pretrain_tiny", f"ckpt_path={evil}",
-             f"paths.output_dir={tmp_path / 'run'}"], timeout=120)
+    r = run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "experiment=pretrain_tiny",
+            f"ckpt_path={evil}",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ],
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "not a weights-only" in lines[0], r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not a weights-only" in lines[0], r.stderr[
+        -2000:
+    ]
 
 
 def test_pipeline_with_pickled_weights_is_refused(tmp_path):
@@ -259,5 +313,7 @@ def test_pipeline_with_pickled_weights_is_refused(tmp_path):
 
     torch.save(load_file(str(weights)), export / "transformer" / "diffusion_pytorch_model.bin")
     weights.unlink()
-    with pytest.raises(BackboneError, match=r"model.pretrained \(transformer\).*pickled weights.*safetensors only"):
+    with pytest.raises(
+        BackboneError, match=r"model.pretrained \(transformer\).*pickled weights.*safetensors only"
+    ):
         load_backbone(export)

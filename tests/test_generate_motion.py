@@ -27,12 +27,32 @@ def test_twenty_events_show_the_asked_climb(tmp_path):
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     pairs = [(old, new) for old in range(2, 6) for new in range(1, old)]
-    events = [{"event": "rank_up", "user": f"user{i}", "old_rank": pairs[i % len(pairs)][0],
-               "new_rank": pairs[i % len(pairs)][1], "color": COLOURS[(5 * i) % 6]} for i in range(20)]
+    events = [
+        {
+            "event": "rank_up",
+            "user": f"user{i}",
+            "old_rank": pairs[i % len(pairs)][0],
+            "new_rank": pairs[i % len(pairs)][1],
+            "color": COLOURS[(5 * i) % 6],
+        }
+        for i in range(20)
+    ]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     out = tmp_path / "videos"
-    rc = generate.main(["--model", str(BASE), "--lora", str(LORA), "--events", str(tmp_path / "events.jsonl"),
-                        "--out", str(out), "--batch", "10"])
+    rc = generate.main(
+        [
+            "--model",
+            str(BASE),
+            "--lora",
+            str(LORA),
+            "--events",
+            str(tmp_path / "events.jsonl"),
+            "--out",
+            str(out),
+            "--batch",
+            "10",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 20
@@ -40,8 +60,15 @@ def test_twenty_events_show_the_asked_climb(tmp_path):
     for row in rows:
         e = events[row["line"] - 1]
         frames = decode_mp4(row["path"])  # (F, H, W, 3) uint8, through PyAV
-        meta = {"event": "rank_up", "old_rank": e["old_rank"], "new_rank": e["new_rank"], "colour": e["color"],
-                "rows": 5, "height": frames.shape[1], "width": frames.shape[2]}
+        meta = {
+            "event": "rank_up",
+            "old_rank": e["old_rank"],
+            "new_rank": e["new_rank"],
+            "colour": e["color"],
+            "rows": 5,
+            "height": frames.shape[1],
+            "width": frames.shape[2],
+        }
         v = judge_meta(frames, meta)
         ok.append(v["trajectory_ok"] and v["colour_ok"])
     assert np.mean(ok) >= 0.9, f"{np.mean(ok):.0%} of the 20 videos show the asked climb in the asked colour"

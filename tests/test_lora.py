@@ -86,12 +86,23 @@ def stock(tmp_path_factory):
     lora_b = _lora_on(tuned_b, root / "lora_b", "all", seed=2)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     args = [str(export), [str(lora_a), str(lora_b)], PROMPTS, GEN, SEED, bb.text_len, str(root)]
-    proc = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, json.dumps(args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", STOCK_SCRIPT, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = {k: np.load(root / f"{k}.npy") for k in ("a0", "a0_a1", "fused")}
-    return {"root": root, "repo": repo, "base": base_video, "stock": out,
-            "report": json.loads((root / "stock.json").read_text()), "files": (lora_a, lora_b)}
+    return {
+        "root": root,
+        "repo": repo,
+        "base": base_video,
+        "stock": out,
+        "report": json.loads((root / "stock.json").read_text()),
+        "files": (lora_a, lora_b),
+    }
 
 
 def _as_np(video: torch.Tensor) -> np.ndarray:
@@ -124,16 +135,30 @@ def test_fuse_matches_unfused_and_unfuse_returns_the_base(stock):
     assert stock["report"]["unfuse_max_abs_diff"] <= 1e-5
 
 
-@pytest.mark.parametrize("preset,must,must_not", [
-    ("motion", ["blocks.0.attn1.to_q"], ["attn2", "ffn"]),
-    ("attention", ["blocks.0.attn1.to_q", "blocks.0.attn2.to_k"], ["ffn"]),
-    ("all", ["blocks.0.attn1.to_v", "blocks.0.attn2.to_out.0", "blocks.0.ffn.net.0.proj", "blocks.0.ffn.net.2"], []),
-])
+@pytest.mark.parametrize(
+    "preset,must,must_not",
+    [
+        ("motion", ["blocks.0.attn1.to_q"], ["attn2", "ffn"]),
+        ("attention", ["blocks.0.attn1.to_q", "blocks.0.attn2.to_k"], ["ffn"]),
+        (
+            "all",
+            [
+                "blocks.0.attn1.to_v",
+                "blocks.0.attn2.to_out.0",
+                "blocks.0.ffn.net.0.proj",
+                "blocks.0.ffn.net.2",
+            ],
+            [],
+        ),
+    ],
+)
 def test_presets_target_what_they_name(preset, must, must_not):
     torch.manual_seed(0)
     bb = build_backbone(OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml"))
     n = add_lora(bb.transformer, lora_config(rank=2, targets=preset))
-    names = {name.rsplit(".lora_A", 1)[0] for name, _ in bb.transformer.named_parameters() if ".lora_A." in name}
+    names = {
+        name.rsplit(".lora_A", 1)[0] for name, _ in bb.transformer.named_parameters() if ".lora_A." in name
+    }
     for m in must:
         assert m in names, (preset, m)
     assert not [x for x in names if any(s in x for s in must_not)], preset
@@ -170,4 +195,7 @@ def test_fuse_lora_script_bakes_the_adapter_into_a_plain_export(tmp_path):
     a, b, c = (sample_latents(bb, prompt, **kw) for bb in (fused, with_lora, plain))
     assert (a - b).abs().max() < 1e-4
     assert (a - c).abs().max() > 1e-2  # the LoRA does change the samples
-    assert fuse_lora.main(["--base", str(tmp_path / "nope"), "--lora", str(lora), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        fuse_lora.main(["--base", str(tmp_path / "nope"), "--lora", str(lora), "--out", str(tmp_path / "x")])
+        == 2
+    )

@@ -32,9 +32,16 @@ pytestmark = [
 def slurm_env(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     script = ROOT / "scripts" / "slurm" / "local_cluster.sh"
-    r = subprocess.run(["bash", str(script), "start", str(state)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["bash", str(script), "start", str(state)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
-    env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "SLURM_CONF": str(state / "slurm.conf"),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+    }
     yield env
     subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], env=env, capture_output=True)
     subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True, timeout=60)
@@ -43,12 +50,29 @@ def slurm_env(tmp_path_factory):
 def launch(tmp: Path, steps: int, env: dict) -> subprocess.Popen:
     """``python train.py -m hydra/launcher=submitit_slurm ...``: submits one job and waits for it."""
     args = [
-        sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_slurm", "experiment=pretrain_tiny",
-        f"hydra.sweep.dir={tmp / 'sweep'}", "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1",
-        "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15", "trainer=cpu",
-        f"trainer.max_steps={steps}", "trainer.max_time=null", "trainer.limit_val_batches=0", "data.num_train=16",
-        "data.batch_size=4", f"paths.output_dir={tmp / 'run'}", f"paths.data_dir={tmp / 'data'}", "logger=csv",
-        "export.enabled=false", "callbacks.progress=null", "callbacks.checkpoint.every_n_train_steps=1", "threads=1",
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=submitit_slurm",
+        "experiment=pretrain_tiny",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=15",
+        "trainer=cpu",
+        f"trainer.max_steps={steps}",
+        "trainer.max_time=null",
+        "trainer.limit_val_batches=0",
+        "data.num_train=16",
+        "data.batch_size=4",
+        f"paths.output_dir={tmp / 'run'}",
+        f"paths.data_dir={tmp / 'data'}",
+        "logger=csv",
+        "export.enabled=false",
+        "callbacks.progress=null",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "threads=1",
         "ckpt_path=last",
     ]
     log = open(tmp / "launcher.log", "w")
@@ -76,7 +100,9 @@ def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint(slurm_env,
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(1)
     assert last.exists(), (tmp_path / "launcher.log").read_text()[-3000:]
-    jobs = subprocess.run(["squeue", "-h", "-o", "%A"], env=slurm_env, capture_output=True, text=True).stdout.split()
+    jobs = subprocess.run(
+        ["squeue", "-h", "-o", "%A"], env=slurm_env, capture_output=True, text=True
+    ).stdout.split()
     assert len(jobs) == 1, jobs
     subprocess.run(["scancel", "--signal=USR1", jobs[0]], env=slurm_env, check=True)
     assert proc.wait(timeout=480) == 0, (tmp_path / "launcher.log").read_text()[-3000:]

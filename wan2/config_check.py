@@ -223,10 +223,14 @@ def _check_run(cfg: DictConfig) -> None:
     if signals is not _MISSING:
         allowed = ["SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"]
         if not isinstance(signals, ListConfig | list) or any(s not in allowed for s in signals):
-            _err(f"reliability.preemption_signals: {_show(signals)} must be a list of {allowed} "
-                 "(SIGTERM is always handled)")
+            _err(
+                f"reliability.preemption_signals: {_show(signals)} must be a list of {allowed} "
+                "(SIGTERM is always handled)"
+            )
     ckpt = _get(cfg, "ckpt_path")
-    sharded = ckpt not in (_MISSING, None) and (Path(str(ckpt)) / "meta.pt").is_file()  # an FSDP checkpoint dir
+    sharded = (
+        ckpt not in (_MISSING, None) and (Path(str(ckpt)) / "meta.pt").is_file()
+    )  # an FSDP checkpoint dir
     if ckpt not in (_MISSING, None, "", "none", "last") and not Path(str(ckpt)).is_file() and not sharded:
         _err(
             f"ckpt_path: {ckpt!r} is not a file (allowed: a .ckpt file, a sharded FSDP checkpoint folder, 'last' "
@@ -365,13 +369,17 @@ def _check_shard_files(key: str, spec) -> None:
                 continue
             if any(c in part for c in "*?["):
                 if not glob.glob(part):
-                    _err(f"{key}: no file matches {part!r} (allowed: existing .tar shards, a pipe: command, a URL)")
+                    _err(
+                        f"{key}: no file matches {part!r} (allowed: existing .tar shards, a pipe: command, a URL)"
+                    )
                 continue
             files += list(braceexpand(part))
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
-        _err(f"{key}: {len(missing)} of {len(files)} shard files do not exist (first: {missing[0]!r}); "
-             "allowed: existing .tar shards, a pipe: command, a URL")
+        _err(
+            f"{key}: {len(missing)} of {len(files)} shard files do not exist (first: {missing[0]!r}); "
+            "allowed: existing .tar shards, a pipe: command, a URL"
+        )
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -533,11 +541,15 @@ def _check_objective(cfg: DictConfig) -> None:
     _num(cfg, f"{o}.dm_fake_lr_scale", 0)
     dm_teacher = obj.get("dm_teacher")
     if dm_teacher is not None and not (Path(str(dm_teacher)) / "model_index.json").is_file():
-        _err(f"{o}.dm_teacher: {str(dm_teacher)!r} is not a diffusers export (no model_index.json; allowed: null "
-             "or an export folder such as pretrained/wan_tiny_base)")
+        _err(
+            f"{o}.dm_teacher: {str(dm_teacher)!r} is not a diffusers export (no model_index.json; allowed: null "
+            "or an export folder such as pretrained/wan_tiny_base)"
+        )
     rng = obj.get("dm_sigma_range")
     if rng is not None and not (len(rng) == 2 and all(_is_num(v) for v in rng) and 0 < rng[0] < rng[1] <= 1):
-        _err(f"{o}.dm_sigma_range: {list(rng)!r} must be two noise levels 0 < lo < hi <= 1 (e.g. [0.02, 0.98])")
+        _err(
+            f"{o}.dm_sigma_range: {list(rng)!r} must be two noise levels 0 < lo < hi <= 1 (e.g. [0.02, 0.98])"
+        )
     teacher = _int(cfg, f"{o}.teacher_steps", 1)
     student = _int(cfg, f"{o}.student_steps", 1)
     if _is_int(teacher) and _is_int(student):
@@ -678,11 +690,17 @@ def _check_fsdp_ema(cfg: DictConfig) -> None:
     strategy = _get(cfg, "trainer.strategy")
     if not (isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("FSDP2Strategy")):
         return
-    ema, devices, nodes = _get(cfg, "objective.ema_decay"), _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
+    ema, devices, nodes = (
+        _get(cfg, "objective.ema_decay"),
+        _get(cfg, "trainer.devices"),
+        _get(cfg, "trainer.num_nodes"),
+    )
     world = (devices if _is_int(devices) and devices >= 1 else 1) * (nodes if _is_int(nodes) else 1)
     if _is_num(ema) and ema > 0 and world > 1:
-        _err(f"objective.ema_decay: {ema} needs whole weights, and trainer=fsdp shards them over {world} ranks "
-             "(allowed with fsdp: 0 over several devices; trainer=ddp keeps the EMA)")
+        _err(
+            f"objective.ema_decay: {ema} needs whole weights, and trainer=fsdp shards them over {world} ranks "
+            "(allowed with fsdp: 0 over several devices; trainer=ddp keeps the EMA)"
+        )
 
 
 def check_train_config(cfg: DictConfig) -> None:

@@ -202,7 +202,9 @@ class Plan:
     skipped: dict[str, str]  # metric -> why it is not run
     gen: dict  # num_frames, height, width, fps, num_inference_steps, guidance_scale, nfe
     source: str  # the prompt set or video folder
-    notes: list[str] = field(default_factory=list)  # things the reader of an A/B should know (vae_mismatch_note)
+    notes: list[str] = field(
+        default_factory=list
+    )  # things the reader of an A/B should know (vae_mismatch_note)
 
 
 def _read_wan2_json(ckpt: str) -> dict:
@@ -420,7 +422,9 @@ def plan(cfg) -> Plan:
     if len(sides) == 2 and len(items) < 2:
         raise ConfigError(f"num_videos: {len(items)} video(s); a paired bootstrap CI needs at least 2")
     notes = [n for n in [vae_mismatch_note(sides)] if n]
-    return Plan("compare" if len(sides) == 2 else "generate", sides, items, metrics, skipped, gen, source, notes)
+    return Plan(
+        "compare" if len(sides) == 2 else "generate", sides, items, metrics, skipped, gen, source, notes
+    )
 
 
 # ----------------------------------------------------------------------------- getting the videos
@@ -983,8 +987,10 @@ def vae_mismatch_note(sides: list[Side]) -> str | None:
     """A/B sides that decode with different VAEs: their FD / FVD gap is partly the decoder's, not the denoiser's."""
     if len(sides) != 2 or vae_fingerprint(sides[0].ckpt) == vae_fingerprint(sides[1].ckpt):
         return None
-    return ("A and B decode with different VAEs (vae/ weights differ): differences in RJ-FD, FVD and the reader's "
-            "scores include the decoder's, not only the denoiser's")
+    return (
+        "A and B decode with different VAEs (vae/ weights differ): differences in RJ-FD, FVD and the reader's "
+        "scores include the decoder's, not only the denoiser's"
+    )
 
 
 def main(cfg) -> int:

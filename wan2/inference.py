@@ -126,8 +126,10 @@ class Wan2T2V:
             f = p / WEIGHT_NAME if p.is_dir() else p
             component = lora_component(f)
             if getattr(self.backbone, component) is None:
-                raise LoraFileError(f"lora: {str(f)!r} adapts {component} (the Wan2.2 A14B low-noise expert); "
-                                    "this model has one transformer")
+                raise LoraFileError(
+                    f"lora: {str(f)!r} adapts {component} (the Wan2.2 A14B low-noise expert); "
+                    "this model has one transformer"
+                )
             check_lora_file(f, getattr(self.backbone, component))
             files.append((f, component))
         for f, component in files:

@@ -9,10 +9,21 @@ from wan2.diffusion import euler_sample, inference_sigmas
 
 
 @torch.no_grad()
-def sample_latents(backbone, prompts: list[str], *, num_frames: int, height: int, width: int,
-                   num_inference_steps: int = 25, guidance_scale: float = 5.0, seed: int | None = 0,
-                   generator: torch.Generator | None = None, transformer=None, negative_prompt: str = "",
-                   prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+def sample_latents(
+    backbone,
+    prompts: list[str],
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 5.0,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    transformer=None,
+    negative_prompt: str = "",
+    prompt_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Normalised latents (B, C, F', H', W') for ``prompts``; one generator for the batch, as WanPipeline."""
     transformer = transformer if transformer is not None else backbone.transformer
     device = next(transformer.parameters()).device
@@ -29,8 +40,11 @@ def sample_latents(backbone, prompts: list[str], *, num_frames: int, height: int
     shape = (len(prompts), *backbone.latent_shape(num_frames, height, width))
     z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
     # 3. Timestep grid of the exported scheduler
-    sigmas = inference_sigmas(num_inference_steps, float(backbone.scheduler.config.shift),
-                              int(backbone.scheduler.config.num_train_timesteps))
+    sigmas = inference_sigmas(
+        num_inference_steps,
+        float(backbone.scheduler.config.shift),
+        int(backbone.scheduler.config.num_train_timesteps),
+    )
 
     # 4. Expert per step (Wan2.2 A14B: `transformer` at t >= boundary, `transformer_2` below) and the
     #    timestep layout (per token with expand_timesteps, as the Wan2.2 TI2V pipeline)
@@ -48,16 +62,26 @@ def sample_latents(backbone, prompts: list[str], *, num_frames: int, height: int
         return t[:, None].expand(x.shape[0], tokens)
 
     def velocity(x, t):
-        return model_at(t)(hidden_states=x.to(dtype), timestep=timestep(x, t), encoder_hidden_states=cond,
-                           return_dict=False)[0]
+        return model_at(t)(
+            hidden_states=x.to(dtype), timestep=timestep(x, t), encoder_hidden_states=cond, return_dict=False
+        )[0]
 
     def velocity_uncond(x, t):
-        return model_at(t)(hidden_states=x.to(dtype), timestep=timestep(x, t), encoder_hidden_states=uncond,
-                           return_dict=False)[0]
+        return model_at(t)(
+            hidden_states=x.to(dtype),
+            timestep=timestep(x, t),
+            encoder_hidden_states=uncond,
+            return_dict=False,
+        )[0]
 
     # 5. Denoising loop
-    return euler_sample(velocity, z, sigmas, uncond_velocity_fn=velocity_uncond if uncond is not None else None,
-                        guidance_scale=guidance_scale)
+    return euler_sample(
+        velocity,
+        z,
+        sigmas,
+        uncond_velocity_fn=velocity_uncond if uncond is not None else None,
+        guidance_scale=guidance_scale,
+    )
 
 
 @torch.no_grad()

@@ -65,7 +65,9 @@ def _resolve_ckpt(ckpt_path, out_dir: Path):
         safe_torch_load(Path(ckpt_path) / "meta.pt", mmap=True)
         return ckpt_path
     if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)")
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)"
+        )
     safe_torch_load(ckpt_path, mmap=True)  # refuse a pickle before anything is built; mmap: tensors not read
     return ckpt_path
 
@@ -95,7 +97,9 @@ def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
     """The objective's LightningModule on the backbone ``cfg.model`` builds."""
-    return hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(backbone=build_backbone(cfg.model))
+    return hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(
+        backbone=build_backbone(cfg.model)
+    )
 
 
 def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Path) -> dict:
@@ -110,7 +114,9 @@ def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Pa
         return {}
     whole = build_module(cfg)
     whole.load_state_dict(full)
-    if getattr(module, "ema", None) is not None:  # fsdp on one device only (FlowMatchingModule.configure_model)
+    if (
+        getattr(module, "ema", None) is not None
+    ):  # fsdp on one device only (FlowMatchingModule.configure_model)
         whole.ema.load_state_dict(module.ema.state_dict())
     whole.trainer = trainer  # global_step, the run folder
     return whole.export(out_dir, datamodule=datamodule) or {}
@@ -136,8 +142,9 @@ def train(cfg: DictConfig) -> dict:
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     # FSDP writes sharded checkpoint directories itself (no CheckpointIO): atomic single files otherwise
     plugins = [] if is_fsdp(cfg.trainer.get("strategy")) else [AtomicCheckpointIO()]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 plugins=plugins)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
+    )
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -146,8 +153,10 @@ def train(cfg: DictConfig) -> dict:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException as err:
-        raise Preempted(f"preempted at step {trainer.global_step}: saved {out_dir / 'checkpoints' / 'last.ckpt'}; "
-                        f"resume with ckpt_path=last paths.output_dir={out_dir}") from err
+        raise Preempted(
+            f"preempted at step {trainer.global_step}: saved {out_dir / 'checkpoints' / 'last.ckpt'}; "
+            f"resume with ckpt_path=last paths.output_dir={out_dir}"
+        ) from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     metrics.update({"global_step": int(trainer.global_step), "train_seconds": round(time.time() - start, 1)})
     if not trainer.interrupted and cfg.get("export", {}).get("enabled", True):

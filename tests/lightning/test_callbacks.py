@@ -42,8 +42,9 @@ def module():
 
 
 def _trainer(step: int, rank0: bool, logger: Recorder, strategy=None):
-    return SimpleNamespace(global_step=step, is_global_zero=rank0, loggers=[logger], datamodule=None,
-                           strategy=strategy)
+    return SimpleNamespace(
+        global_step=step, is_global_zero=rank0, loggers=[logger], datamodule=None, strategy=strategy
+    )
 
 
 def test_rank_zero_logs_every_n_steps_and_other_ranks_do_nothing(module):

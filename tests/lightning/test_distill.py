@@ -26,7 +26,9 @@ def test_student_grid_is_the_stock_scheduler_grid(steps, shift):
 def test_halving_schedule_and_its_errors():
     assert halving_schedule(32, 4) == [32, 16, 8, 4]
     assert halving_schedule(4, 4) == [4]
-    with pytest.raises(ValueError, match=r"^distill\.teacher_steps=24 does not halve down to distill\.student_steps=4"):
+    with pytest.raises(
+        ValueError, match=r"^distill\.teacher_steps=24 does not halve down to distill\.student_steps=4"
+    ):
         halving_schedule(24, 4)
     with pytest.raises(ValueError, match=r"^distill\.teacher_steps=2 must be >="):
         halving_schedule(2, 4)
@@ -62,8 +64,16 @@ def round_4_to_2():
 
     torch.manual_seed(0)
     bb = load_backbone(BASE)
-    module = DistillModule(bb, teacher_steps=4, student_steps=2, guidance_scale=1.0, cfg_steps=0, round_steps=120,
-                           lr=1e-4, warmup_steps=0)
+    module = DistillModule(
+        bb,
+        teacher_steps=4,
+        student_steps=2,
+        guidance_scale=1.0,
+        cfg_steps=0,
+        round_steps=120,
+        lr=1e-4,
+        warmup_steps=0,
+    )
     assert [(p.kind, p.teacher_steps, p.student_steps) for p in module.phases] == [("pd", 4, 2)]
     cfg = RankJumpConfig(mix={"rank_up": 1, "rank_down": 1, "hold": 1, "first_entry": 1})
     clips = [RankJump(cfg, "train", 32)[i] for i in range(32)]
@@ -93,11 +103,15 @@ def test_progressive_round_beats_the_teacher_at_half_the_steps(round_4_to_2):
     with torch.no_grad():
         teacher_n = sample_latents(bb, prompts, num_inference_steps=4, transformer=module.teacher, **kw)
         teacher_half = sample_latents(bb, prompts, num_inference_steps=2, transformer=module.teacher, **kw)
-        student_half = sample_latents(bb, prompts, num_inference_steps=2, transformer=module.transformer, **kw)
+        student_half = sample_latents(
+            bb, prompts, num_inference_steps=2, transformer=module.transformer, **kw
+        )
     naive = float(((teacher_half - teacher_n) ** 2).mean())
     distilled = float(((student_half - teacher_n) ** 2).mean())
     assert np.isfinite(distilled)
-    assert distilled < 0.6 * naive, f"student 2-step MSE to teacher 4-step {distilled:.4f} vs teacher 2-step {naive:.4f}"
+    assert distilled < 0.6 * naive, (
+        f"student 2-step MSE to teacher 4-step {distilled:.4f} vs teacher 2-step {naive:.4f}"
+    )
 
 
 @pytest.mark.parametrize("name", ["wan_tiny_4step", "wan_tiny_rankup_4step"])
@@ -117,8 +131,13 @@ def test_shipped_4step_models_run_in_stock_diffusers_like_the_repo_sampler(name)
     prompt = "the blue row climbs from #4 to #1 on the leaderboard"
     kw = dict(num_frames=17, height=32, width=32, num_inference_steps=4, guidance_scale=1.0)
     pipe = DiffusionPipeline.from_pretrained(str(path))
-    stock = pipe(prompt, generator=torch.Generator().manual_seed(0), max_sequence_length=meta["text_len"],
-                 output_type="pt", **kw).frames  # (1, F, 3, H, W) in [0, 1]
+    stock = pipe(
+        prompt,
+        generator=torch.Generator().manual_seed(0),
+        max_sequence_length=meta["text_len"],
+        output_type="pt",
+        **kw,
+    ).frames  # (1, F, 3, H, W) in [0, 1]
     ours = sample_videos(load_backbone(path), [prompt], seed=0, **kw)  # (1, 3, F, H, W) in [-1, 1]
     ours = (ours.permute(0, 2, 1, 3, 4) + 1) / 2
     assert (torch.as_tensor(stock) - ours.clamp(0, 1)).abs().max() < 1e-3
@@ -168,8 +187,16 @@ def test_dm_phase_trains_the_student_and_the_fake_denoiser_only():
     cfg.transformer.num_layers = 1
     torch.manual_seed(0)
     bb = build_backbone(cfg)
-    module = DistillModule(bb, teacher_steps=8, student_steps=4, guidance_scale=2.0, cfg_steps=2, round_steps=2,
-                           dm_steps=3, ema_decay=0.0)
+    module = DistillModule(
+        bb,
+        teacher_steps=8,
+        student_steps=4,
+        guidance_scale=2.0,
+        cfg_steps=2,
+        round_steps=2,
+        dm_steps=3,
+        ema_decay=0.0,
+    )
     assert [p.kind for p in module.phases] == ["cfg", "pd", "dm"] and module.total_steps == 7
     assert module.phase_at(4).kind == "dm"
     c, f, h, w = bb.latent_shape(17, 32, 32)
@@ -195,5 +222,7 @@ def test_a_schedule_with_nothing_to_distil_is_a_one_line_error():
 
     cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
     cfg.transformer.num_layers = 1
-    with pytest.raises(ValueError, match=r"^objective: nothing to distil \(teacher_steps == student_steps == 4"):
+    with pytest.raises(
+        ValueError, match=r"^objective: nothing to distil \(teacher_steps == student_steps == 4"
+    ):
         DistillModule(build_backbone(cfg), teacher_steps=4, student_steps=4, cfg_steps=0, dm_steps=0)

@@ -76,7 +76,9 @@ def test_indomain_metrics_for_evaluate(shipped):
 @pytest.fixture(scope="module")
 def random_encoder():
     torch.manual_seed(0)
-    return RankJumpEncoder(EncoderConfig(channels=4, embed_dim=8, text_dim=16, text_layers=1, text_heads=2)).eval()
+    return RankJumpEncoder(
+        EncoderConfig(channels=4, embed_dim=8, text_dim=16, text_layers=1, text_heads=2)
+    ).eval()
 
 
 def test_save_load_round_trip(random_encoder, tmp_path):
@@ -85,7 +87,8 @@ def test_save_load_round_trip(random_encoder, tmp_path):
     videos, captions = rankjump_reference(3)
     assert np.allclose(video_features(loaded, videos), video_features(random_encoder, videos), atol=1e-6)
     assert text_video_score(loaded, videos, captions) == pytest.approx(
-        text_video_score(random_encoder, videos, captions), abs=1e-4)
+        text_video_score(random_encoder, videos, captions), abs=1e-4
+    )
     assert json.loads((tmp_path / "enc" / CONFIG_FILE).read_text())["info"] == {"note": "random"}
 
 

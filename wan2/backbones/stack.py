@@ -146,7 +146,9 @@ def _as_dict(cfg) -> dict:
     return dict(cfg)
 
 
-def build_backbone(model_cfg, components: tuple[str, ...] = COMPONENTS, device: str | None = None) -> WanBackbone:
+def build_backbone(
+    model_cfg, components: tuple[str, ...] = COMPONENTS, device: str | None = None
+) -> WanBackbone:
     """Build a stack from a model config (``configs/model/*.yaml``) or load ``model_cfg.pretrained``.
 
     ``device="meta"`` builds the architecture without allocating weights (for parameter counts and plans).
@@ -154,7 +156,9 @@ def build_backbone(model_cfg, components: tuple[str, ...] = COMPONENTS, device: 
     cfg = _as_dict(model_cfg)
     checkpointing = bool(cfg.get("gradient_checkpointing", False))
     if cfg.get("pretrained"):
-        return load_backbone(cfg["pretrained"], text_len=cfg.get("text_len"), gradient_checkpointing=checkpointing)
+        return load_backbone(
+            cfg["pretrained"], text_len=cfg.get("text_len"), gradient_checkpointing=checkpointing
+        )
     ctx = torch.device("meta") if device == "meta" else contextlib.nullcontext()
     text_len = int(cfg.get("text_len", 512))
     tokenizer = build_tokenizer(text_len) if "tokenizer" in components else None
@@ -206,8 +210,10 @@ def load_vae(path: str | Path) -> AutoencoderKLWan:
     """A trained VAE from ``export/vae`` of a ``vae_tiny`` run (or any diffusers AutoencoderKLWan folder)."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise BackboneError(f"model.vae_pretrained: {str(path)!r} has no config.json "
-                            "(run `python train.py experiment=vae_tiny` first)")
+        raise BackboneError(
+            f"model.vae_pretrained: {str(path)!r} has no config.json "
+            "(run `python train.py experiment=vae_tiny` first)"
+        )
     _require_safetensors(path, "model.vae_pretrained")
     return AutoencoderKLWan.from_pretrained(str(path), use_safetensors=True).eval()
 
@@ -218,15 +224,18 @@ def _transformer_kwargs(t: dict) -> dict:
     return t
 
 
-def load_backbone(path: str | Path, text_len: int | None = None, torch_dtype=None,
-                  gradient_checkpointing: bool = False) -> WanBackbone:
+def load_backbone(
+    path: str | Path, text_len: int | None = None, torch_dtype=None, gradient_checkpointing: bool = False
+) -> WanBackbone:
     """Load a stack from a local diffusers directory (a wan2 export or an official Wan 2.2 release)."""
     path = Path(path)
     if not path.is_dir():
         raise BackboneError(f"model.pretrained: {str(path)!r} is not a directory")
     index = path / "model_index.json"
     if not index.is_file():
-        raise BackboneError(f"model.pretrained: {str(path)!r} has no model_index.json (not a diffusers export)")
+        raise BackboneError(
+            f"model.pretrained: {str(path)!r} has no model_index.json (not a diffusers export)"
+        )
     kind = json.loads(index.read_text()).get("_class_name")
     if kind != "WanPipeline":
         raise BackboneError(f"model.pretrained: {str(path)!r} holds a {kind}, expected a WanPipeline")
@@ -265,10 +274,14 @@ def flow_euler_scheduler(scheduler) -> FlowMatchEulerDiscreteScheduler:
         return scheduler
     cfg = scheduler.config
     if not (cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction"):
-        raise BackboneError(f"model.pretrained: scheduler {type(scheduler).__name__} is not a flow-matching "
-                            "scheduler (expected FlowMatchEulerDiscreteScheduler or UniPC with use_flow_sigmas)")
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
-                                           shift=float(cfg.get("flow_shift") or 1.0))
+        raise BackboneError(
+            f"model.pretrained: scheduler {type(scheduler).__name__} is not a flow-matching "
+            "scheduler (expected FlowMatchEulerDiscreteScheduler or UniPC with use_flow_sigmas)"
+        )
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
+        shift=float(cfg.get("flow_shift") or 1.0),
+    )
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -280,8 +293,10 @@ def _require_safetensors(folder: Path, key: str) -> None:
         return
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise BackboneError(f"{key}: {str(folder)!r} holds pickled weights {pickles[:3]} and no .safetensors; "
-                            "wan2 loads safetensors only (convert them with diffusers' save_pretrained)")
+        raise BackboneError(
+            f"{key}: {str(folder)!r} holds pickled weights {pickles[:3]} and no .safetensors; "
+            "wan2 loads safetensors only (convert them with diffusers' save_pretrained)"
+        )
 
 
 def _read_wan2_meta(path: Path) -> dict:

@@ -54,8 +54,16 @@ def content_hash(video: torch.Tensor, caption: str) -> str:
 
 
 @torch.no_grad()
-def build_latent_cache(backbone, dataset: Dataset, out_dir: str | Path, *, batch_size: int = 16,
-                       with_text: bool = False, desc: str = "encoding latents", info: dict | None = None) -> Path:
+def build_latent_cache(
+    backbone,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    with_text: bool = False,
+    desc: str = "encoding latents",
+    info: dict | None = None,
+) -> Path:
     """Encode every sample of ``dataset`` (items with ``video``, ``caption``, ``meta``) into ``out_dir``.
 
     ``dataset`` may be map-style or iterable (e.g. ``shard_dataset``); ``info`` (JSON) describes the data.
@@ -94,7 +102,9 @@ def build_latent_cache(backbone, dataset: Dataset, out_dir: str | Path, *, batch
     return atomic_dir(out_dir, write)
 
 
-def cache_mismatch(cache_dir: str | Path, backbone, *, with_text: bool = False, info: dict | None = None) -> str | None:
+def cache_mismatch(
+    cache_dir: str | Path, backbone, *, with_text: bool = False, info: dict | None = None
+) -> str | None:
     """None when ``cache_dir`` holds a complete cache of these encoders (and this ``info``), else why not."""
     index_file = Path(cache_dir) / "index.json"
     if not index_file.is_file():
@@ -105,7 +115,9 @@ def cache_mismatch(cache_dir: str | Path, backbone, *, with_text: bool = False, 
     if with_text:
         want = module_fingerprint(backbone.text_encoder)
         if index.get("text_encoder") != want or index.get("text_len") != backbone.text_len:
-            return f"text embeddings from {index.get('text_encoder')} (len {index.get('text_len')}), not {want}"
+            return (
+                f"text embeddings from {index.get('text_encoder')} (len {index.get('text_len')}), not {want}"
+            )
     if info is not None and index.get("info") != json.loads(json.dumps(info)):
         return "made from different data"
     return None
@@ -125,15 +137,19 @@ class LatentCacheDataset(Dataset):
         index = json.loads(index_file.read_text())
         want = module_fingerprint(backbone.vae)
         if index["vae"] != want:
-            raise StaleCacheError(f"data.cache: {str(cache_dir)!r} was encoded by VAE {index['vae']}, "
-                                  f"not by this model's VAE {want}; delete it or point elsewhere")
+            raise StaleCacheError(
+                f"data.cache: {str(cache_dir)!r} was encoded by VAE {index['vae']}, "
+                f"not by this model's VAE {want}; delete it or point elsewhere"
+            )
         self.latents = load_file(str(cache_dir / "latents.safetensors"))["latents"]
         self.text_emb = None
         if with_text:
             want_t = module_fingerprint(backbone.text_encoder)
             if index.get("text_encoder") != want_t or index.get("text_len") != backbone.text_len:
-                raise StaleCacheError(f"data.cache: {str(cache_dir)!r} text embeddings come from text encoder "
-                                      f"{index.get('text_encoder')}, not {want_t}")
+                raise StaleCacheError(
+                    f"data.cache: {str(cache_dir)!r} text embeddings come from text encoder "
+                    f"{index.get('text_encoder')}, not {want_t}"
+                )
             self.text_emb = load_file(str(cache_dir / "text.safetensors"))["text_emb"]
         self.captions, self.meta, self.keys = index["captions"], index["meta"], index["keys"]
 
@@ -141,8 +157,12 @@ class LatentCacheDataset(Dataset):
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"latents": self.latents[i], "caption": self.captions[i], "meta": self.meta[i],
-                "index": torch.tensor(i, dtype=torch.long)}
+        item = {
+            "latents": self.latents[i],
+            "caption": self.captions[i],
+            "meta": self.meta[i],
+            "index": torch.tensor(i, dtype=torch.long),
+        }
         if self.text_emb is not None:
             item["text_emb"] = self.text_emb[i]
         return item

@@ -36,8 +36,12 @@ class RankJumpVideoDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clip = self.rj[i]
-        return {"video": frames_to_video(clip.frames), "caption": clip.caption, "meta": clip.meta,
-                "index": torch.tensor(i, dtype=torch.long)}
+        return {
+            "video": frames_to_video(clip.frames),
+            "caption": clip.caption,
+            "meta": clip.meta,
+            "index": torch.tensor(i, dtype=torch.long),
+        }
 
 
 def collate(samples: list[dict]) -> dict:

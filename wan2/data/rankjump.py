@@ -285,6 +285,7 @@ def render(
 
     def length_of_rank(r: float) -> float:
         return base_len * (1.0 - 0.09 * (r - 1)) * jitter
+
     bar_h = 0.66 * geo.pitch
     rgb = PALETTE[colour]
     t = np.linspace(0.0, 1.0, F)
@@ -373,7 +374,9 @@ class RankJump:
         event = self._events[int(rng.choice(len(self._events), p=self._probs))]
         options = self._combos[event]
         old, new, colour = options[int(rng.integers(len(options)))]
-        return make_clip(self.cfg, event, old, new, colour, rng=rng, split=self.split, seed=self.seed_of(index))
+        return make_clip(
+            self.cfg, event, old, new, colour, rng=rng, split=self.split, seed=self.seed_of(index)
+        )
 
 
 def make_clip(

@@ -61,7 +61,9 @@ def read_clip(frames, geometry: BoardGeometry, colours: list[str] | None = None)
     frames = to_uint8_frames(frames)
     F, H, W, _ = frames.shape
     if (H, W) != (geometry.height, geometry.width):
-        raise ValueError(f"frames: size {H}x{W} does not match the board geometry {geometry.height}x{geometry.width}")
+        raise ValueError(
+            f"frames: size {H}x{W} does not match the board geometry {geometry.height}x{geometry.width}"
+        )
     hue, sat, val = _hsv(frames)
     weight = np.clip((sat - SAT_MIN) / (1 - SAT_MIN), 0, 1) * (val > VAL_MIN)  # (F, H, W)
     mass = weight.sum(axis=(1, 2))  # (F,)
@@ -85,8 +87,15 @@ def _circ(a: float, b: float) -> float:
     return min(d, 1.0 - d)
 
 
-def judge(frames, event: str, old_rank: int | None, new_rank: int, colour: str, geometry: BoardGeometry,
-          tolerance: float = 0.35) -> dict:
+def judge(
+    frames,
+    event: str,
+    old_rank: int | None,
+    new_rank: int,
+    colour: str,
+    geometry: BoardGeometry,
+    tolerance: float = 0.35,
+) -> dict:
     """Did the clip show the asked-for motion? Returns per-criterion booleans and ``trajectory_ok``.
 
     - start / end: the rank read on the first / last frame equals the asked one (first_entry starts off the
@@ -129,7 +138,9 @@ def judge(frames, event: str, old_rank: int | None, new_rank: int, colour: str, 
         "colour_ok": bool(colour_ok),
         "colour_read": reading.colour,
         "ranks": reading.rank.tolist(),
-        "row_error": float(np.nanmean(np.abs(pos - _expected_positions(event, old_rank, new_rank, rows, len(pos)))))
+        "row_error": float(
+            np.nanmean(np.abs(pos - _expected_positions(event, old_rank, new_rank, rows, len(pos))))
+        )
         if vis.any()
         else float("nan"),
     }

@@ -22,16 +22,22 @@ def guided_velocity(u_cond: torch.Tensor, u_uncond: torch.Tensor, w: float | tor
 def halving_schedule(teacher_steps: int, student_steps: int) -> list[int]:
     """[N, N/2, ..., student]: every round halves; raises naming the keys when it cannot reach the target."""
     if student_steps < 1 or teacher_steps < student_steps:
-        raise ValueError(f"distill.teacher_steps={teacher_steps} must be >= distill.student_steps={student_steps} >= 1")
+        raise ValueError(
+            f"distill.teacher_steps={teacher_steps} must be >= distill.student_steps={student_steps} >= 1"
+        )
     steps, n = [teacher_steps], teacher_steps
     while n > student_steps:
         if n % 2:
-            raise ValueError(f"distill.teacher_steps={teacher_steps} does not halve down to "
-                             f"distill.student_steps={student_steps} (reached odd {n})")
+            raise ValueError(
+                f"distill.teacher_steps={teacher_steps} does not halve down to "
+                f"distill.student_steps={student_steps} (reached odd {n})"
+            )
         n //= 2
         steps.append(n)
     if n != student_steps:
-        raise ValueError(f"distill.teacher_steps={teacher_steps} does not halve down to distill.student_steps={student_steps}")
+        raise ValueError(
+            f"distill.teacher_steps={teacher_steps} does not halve down to distill.student_steps={student_steps}"
+        )
     return steps
 
 
@@ -39,8 +45,9 @@ def _b(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.view(-1, *([1] * (like.ndim - 1))).to(like)
 
 
-def two_step_target(z_t: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor, t_next: torch.Tensor,
-                    velocity_fn) -> torch.Tensor:
+def two_step_target(
+    z_t: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor, t_next: torch.Tensor, velocity_fn
+) -> torch.Tensor:
     """The single-step velocity that reproduces two teacher Euler steps t -> t_mid -> t_next.
 
     ``t, t_mid, t_next`` are sigmas (B,); ``velocity_fn(z, sigma)`` is the (guided) teacher. Returns u~ (B, ...).
@@ -57,7 +64,9 @@ def x0_from_velocity(z_t: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> tor
     return z_t.float() - _b(t, z_t) * u.float()
 
 
-def distribution_matching_loss(x0_student: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> torch.Tensor:
+def distribution_matching_loss(
+    x0_student: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor
+) -> torch.Tensor:
     """DMD's generator loss (Yin et al., 2024, eq. 7 with their normaliser).
 
     The KL gradient between the student's and the data distribution at a noise level is the difference of the

@@ -17,7 +17,9 @@ def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def inference_sigmas(num_steps: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+def inference_sigmas(
+    num_steps: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> torch.Tensor:
     """The (num_steps + 1,) sigma grid that diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps makes.
 
     Reproduces its float arithmetic (including shifting the already-shifted sigma_min), ending with 0, so
@@ -56,7 +58,9 @@ def sample_training_sigmas(
         s = grid[torch.randint(0, len(grid), (batch,), generator=generator)]
     else:
         raise ValueError(f"timestep mode: {mode!r} is not one of logit_normal, uniform, grid")
-    if sigma_min > 0.0 or sigma_max < 1.0:  # resample into the range by rescaling (keeps the shape of the law)
+    if (
+        sigma_min > 0.0 or sigma_max < 1.0
+    ):  # resample into the range by rescaling (keeps the shape of the law)
         s = sigma_min + (sigma_max - sigma_min) * s
     return s
 

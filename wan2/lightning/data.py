@@ -75,8 +75,15 @@ class ResumableDataLoader(DataLoader):
 class RankJumpDataModule(L.LightningDataModule):
     """RankJump clips rendered on the fly (no files): deterministic by (split, index), any world size."""
 
-    def __init__(self, rankjump: dict | None = None, num_train: int = 4000, num_val: int = 64,
-                 val_split: str = "heldout", batch_size: int = 8, num_workers: int = 0):
+    def __init__(
+        self,
+        rankjump: dict | None = None,
+        num_train: int = 4000,
+        num_val: int = 64,
+        val_split: str = "heldout",
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.rj_cfg = rankjump_config(rankjump)
@@ -91,10 +98,17 @@ class RankJumpDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's seed, as Lightning's DDP sampler
-        batches = SkippingBatchSampler(EpochShuffle(self.train_set, seed), self.hparams.batch_size, drop_last=True)
-        return ResumableDataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
-                                   num_workers=self.hparams.num_workers,
-                                   persistent_workers=self.hparams.num_workers > 0, progress=self._batches_done)
+        batches = SkippingBatchSampler(
+            EpochShuffle(self.train_set, seed), self.hparams.batch_size, drop_last=True
+        )
+        return ResumableDataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            progress=self._batches_done,
+        )
 
     def _batches_done(self) -> int:
         """Training batches finished in the current epoch (Lightning's progress counter)."""
@@ -102,8 +116,9 @@ class RankJumpDataModule(L.LightningDataModule):
         return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate,
-                          num_workers=0)
+        return DataLoader(
+            self.val_set, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate, num_workers=0
+        )
 
 
 class LatentDataModule(RankJumpDataModule):
@@ -113,9 +128,18 @@ class LatentDataModule(RankJumpDataModule):
     and judge the motion with the reader.
     """
 
-    def __init__(self, rankjump: dict | None = None, num_train: int = 4000, num_val: int = 64,
-                 val_split: str = "heldout", batch_size: int = 32, val_batch_size: int = 16,
-                 num_workers: int = 0, cache_dir: str = "data/cache", cache_text: bool = False):
+    def __init__(
+        self,
+        rankjump: dict | None = None,
+        num_train: int = 4000,
+        num_val: int = 64,
+        val_split: str = "heldout",
+        batch_size: int = 32,
+        val_batch_size: int = 16,
+        num_workers: int = 0,
+        cache_dir: str = "data/cache",
+        cache_text: bool = False,
+    ):
         super().__init__(rankjump, num_train, num_val, val_split, batch_size, num_workers)
         self.save_hyperparameters()
         self.backbone = None
@@ -134,7 +158,10 @@ class LatentDataModule(RankJumpDataModule):
 
         key = json.dumps({"rj": asdict(self.rj_cfg), "n": self.hparams.num_train}, sort_keys=True)
         data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return Path(self.hparams.cache_dir) / f"rankjump-train-{data_key}-vae{module_fingerprint(self.backbone.vae)}"
+        return (
+            Path(self.hparams.cache_dir)
+            / f"rankjump-train-{data_key}-vae{module_fingerprint(self.backbone.vae)}"
+        )
 
     def prepare_data(self) -> None:
         from wan2.data.cache import build_latent_cache, cache_mismatch
@@ -150,9 +177,16 @@ class LatentDataModule(RankJumpDataModule):
     def setup(self, stage: str | None = None) -> None:
         from wan2.data.cache import LatentCacheDataset
 
-        self.train_set = LatentCacheDataset(self.cache_path(), self.backbone, with_text=self.hparams.cache_text)
+        self.train_set = LatentCacheDataset(
+            self.cache_path(), self.backbone, with_text=self.hparams.cache_text
+        )
         self.val_set = RankJumpVideoDataset(self.rj_cfg, self.hparams.val_split, self.hparams.num_val)
 
     def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=self.hparams.val_batch_size, shuffle=False,
-                          collate_fn=collate, num_workers=0)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.hparams.val_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=0,
+        )

@@ -51,12 +51,25 @@ class Phase:
 class DistillModule(FlowMatchingModule):
     """Guidance + progressive distillation of the transformer; the text encoder and VAE stay frozen."""
 
-    def __init__(self, backbone, teacher_steps: int = 32, student_steps: int = 4, guidance_scale: float = 5.0,
-                 cfg_steps: int = 300, round_steps: int = 300, dm_steps: int = 0, dm_teacher: str | None = None,
-                 dm_sigma_range: tuple[float, float] = (0.02, 0.98), dm_fake_lr_scale: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        backbone,
+        teacher_steps: int = 32,
+        student_steps: int = 4,
+        guidance_scale: float = 5.0,
+        cfg_steps: int = 300,
+        round_steps: int = 300,
+        dm_steps: int = 0,
+        dm_teacher: str | None = None,
+        dm_sigma_range: tuple[float, float] = (0.02, 0.98),
+        dm_fake_lr_scale: float = 1.0,
+        **kwargs,
+    ):
         if backbone.transformer_2 is not None:
-            raise ValueError("objective=distill: two-expert models (Wan2.2 A14B) are not supported; distil a "
-                             "one-transformer model (wan_tiny, wan22_ti2v_5b)")
+            raise ValueError(
+                "objective=distill: two-expert models (Wan2.2 A14B) are not supported; distil a "
+                "one-transformer model (wan_tiny, wan22_ti2v_5b)"
+            )
         kwargs["train_text_encoder"] = False
         kwargs.setdefault("ema_decay", 0.0)
         super().__init__(backbone, **kwargs)
@@ -73,8 +86,10 @@ class DistillModule(FlowMatchingModule):
             phases.append(Phase("dm", student_steps, student_steps, start, start + dm_steps))
             start += dm_steps
         if not phases:
-            raise ValueError(f"objective: nothing to distil (teacher_steps == student_steps == {student_steps}, "
-                             "cfg_steps=0 or guidance_scale<=1, dm_steps=0)")
+            raise ValueError(
+                f"objective: nothing to distil (teacher_steps == student_steps == {student_steps}, "
+                "cfg_steps=0 or guidance_scale<=1, dm_steps=0)"
+            )
         self.phases = phases
         self.total_steps = start
         self.shift = float(backbone.scheduler.config.shift)
@@ -100,7 +115,9 @@ class DistillModule(FlowMatchingModule):
         except ValueError as e:
             raise ValueError(f"objective.dm_teacher: {e}".replace("model.pretrained: ", "")) from None
         if bb.transformer_2 is not None:
-            raise ValueError(f"objective.dm_teacher: {path!r} has two experts; distillation needs one transformer")
+            raise ValueError(
+                f"objective.dm_teacher: {path!r} has two experts; distillation needs one transformer"
+            )
         return bb.transformer
 
     def phase_at(self, step: int) -> Phase:
@@ -113,10 +130,12 @@ class DistillModule(FlowMatchingModule):
         super().on_fit_start()
         max_steps = getattr(self.trainer, "max_steps", -1)
         if 0 < max_steps < self.total_steps:
-            self.print(f"warning: trainer.max_steps={max_steps} stops before the schedule ends "
-                       f"(objective.cfg_steps + {len(self.rounds) - 1} rounds x objective.round_steps = "
-                       f"{self.total_steps}); the export will be the {self.phase_at(max_steps - 1).student_steps}-step "
-                       "student reached by then")
+            self.print(
+                f"warning: trainer.max_steps={max_steps} stops before the schedule ends "
+                f"(objective.cfg_steps + {len(self.rounds) - 1} rounds x objective.round_steps = "
+                f"{self.total_steps}); the export will be the {self.phase_at(max_steps - 1).student_steps}-step "
+                "student reached by then"
+            )
 
     def on_train_batch_start(self, batch, batch_idx):
         idx = self.phases.index(self.phase_at(self.global_step))
@@ -141,7 +160,9 @@ class DistillModule(FlowMatchingModule):
         return self._uncond.expand(like.shape[0], -1, -1)
 
     def _v(self, model, z, sigma, emb):
-        return model(hidden_states=z, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0].float()
+        return model(hidden_states=z, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[
+            0
+        ].float()
 
     def distill_loss(self, batch) -> tuple[torch.Tensor, Phase]:
         phase = self.phase_at(self.global_step)
@@ -162,11 +183,15 @@ class DistillModule(FlowMatchingModule):
         with torch.no_grad():
             if phase.kind == "cfg":
                 uncond = self._uncond_emb(cond)
-                target = guided_velocity(self._v(self.teacher, z, t, cond), self._v(self.teacher, z, t, uncond),
-                                         self.hparams.guidance_scale)
+                target = guided_velocity(
+                    self._v(self.teacher, z, t, cond),
+                    self._v(self.teacher, z, t, uncond),
+                    self.hparams.guidance_scale,
+                )
             else:
-                target = two_step_target(z, t, (t + t_next) / 2, t_next,
-                                         lambda zz, s: self._v(self.teacher, zz, s, cond))
+                target = two_step_target(
+                    z, t, (t + t_next) / 2, t_next, lambda zz, s: self._v(self.teacher, zz, s, cond)
+                )
         pred = self._v(self.transformer, z, t, cond)
         return F.mse_loss(pred, target), phase
 
@@ -182,10 +207,14 @@ class DistillModule(FlowMatchingModule):
         cond = self.text_condition_frozen(batch)
         B, n = x0_shape[0], self.phases[-1].student_steps
         grid = inference_sigmas(n, self.shift)  # (n + 1,)
-        gens = {k: self.sample_rng(batch, f"dm_{k}") for k in ("start", "k", "t", "noise", "t_fake", "noise_fake")}
+        gens = {
+            k: self.sample_rng(batch, f"dm_{k}") for k in ("start", "k", "t", "noise", "t_fake", "noise_fake")
+        }
         if gens["start"] is None:
-            gens = {k: [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)))) for _ in range(B)]
-                    for k in gens}
+            gens = {
+                k: [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)))) for _ in range(B)]
+                for k in gens
+            }
         dev = cond.device
         z = randn_per_sample(x0_shape[1:], gens["start"]).to(dev)  # (B, C, F', H', W') at sigma 1
         k = (rand_per_sample(gens["k"]) * n).long().clamp_max(n - 1)  # (B,) steps taken without gradient
@@ -203,8 +232,11 @@ class DistillModule(FlowMatchingModule):
         zt = add_noise(x0_s.detach(), randn_per_sample(x0_shape[1:], gens["noise"]).to(dev), t)
         with torch.no_grad():
             uncond = self._uncond_emb(cond)
-            u_real = guided_velocity(self._v(self.real, zt, t, cond), self._v(self.real, zt, t, uncond),
-                                     self.hparams.guidance_scale)
+            u_real = guided_velocity(
+                self._v(self.real, zt, t, cond),
+                self._v(self.real, zt, t, uncond),
+                self.hparams.guidance_scale,
+            )
             x0_real = x0_from_velocity(zt, t, u_real)
             x0_fake = x0_from_velocity(zt, t, self._v(self.fake, zt, t, cond))
         loss_gen = distribution_matching_loss(x0_s, x0_real, x0_fake)
@@ -212,7 +244,9 @@ class DistillModule(FlowMatchingModule):
         t2 = (lo + (hi - lo) * rand_per_sample(gens["t_fake"])).to(dev)
         noise2 = randn_per_sample(x0_shape[1:], gens["noise_fake"]).to(dev)
         x_s = x0_s.detach()
-        loss_fake = F.mse_loss(self._v(self.fake, add_noise(x_s, noise2, t2), t2, cond), velocity_target(x_s, noise2))
+        loss_fake = F.mse_loss(
+            self._v(self.fake, add_noise(x_s, noise2, t2), t2, cond), velocity_target(x_s, noise2)
+        )
         return loss_gen + loss_fake, {"train/dm_gen": loss_gen.detach(), "train/dm_fake": loss_fake.detach()}
 
     def text_condition_frozen(self, batch) -> torch.Tensor:
@@ -229,14 +263,22 @@ class DistillModule(FlowMatchingModule):
         else:
             loss, phase = self.distill_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
-        self.log("train/student_steps", float(phase.student_steps), prog_bar=True, batch_size=len(batch["caption"]))
+        self.log(
+            "train/student_steps", float(phase.student_steps), prog_bar=True, batch_size=len(batch["caption"])
+        )
         return loss
 
     def param_groups(self) -> list[dict]:
         groups = super().param_groups()
-        if self.fake is not None:  # the fake denoiser trains beside the student (dm phase only: no grads before)
-            groups.append({"params": list(self.fake.parameters()),
-                           "lr": self.hparams.lr * self.hparams.dm_fake_lr_scale})
+        if (
+            self.fake is not None
+        ):  # the fake denoiser trains beside the student (dm phase only: no grads before)
+            groups.append(
+                {
+                    "params": list(self.fake.parameters()),
+                    "lr": self.hparams.lr * self.hparams.dm_fake_lr_scale,
+                }
+            )
         return groups
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
@@ -259,14 +301,24 @@ class DistillModule(FlowMatchingModule):
 
         phase = self.phase_at(max(0, self.global_step - 1))
         guided = phase.kind == "cfg" and self.global_step == 0
-        return sample_videos(self.backbone, captions, num_frames=meta0["num_frames"], height=meta0["height"],
-                             width=meta0["width"], num_inference_steps=phase.student_steps,
-                             guidance_scale=self.hparams.guidance_scale if guided else 1.0, seed=seed)
+        return sample_videos(
+            self.backbone,
+            captions,
+            num_frames=meta0["num_frames"],
+            height=meta0["height"],
+            width=meta0["width"],
+            num_inference_steps=phase.student_steps,
+            guidance_scale=self.hparams.guidance_scale if guided else 1.0,
+            seed=seed,
+        )
 
     def export(self, out_dir, datamodule=None) -> dict:
         """The student as a full pipeline whose wan2.json says: the step count reached, guidance 1.0."""
         reached = self.phase_at(max(0, self.global_step - 1))
         guided = reached.kind == "cfg" and self.global_step == 0
-        self.sample_cfg = {**self.sample_cfg, "num_inference_steps": reached.student_steps,
-                           "guidance_scale": self.hparams.guidance_scale if guided else 1.0}
+        self.sample_cfg = {
+            **self.sample_cfg,
+            "num_inference_steps": reached.student_steps,
+            "guidance_scale": self.hparams.guidance_scale if guided else 1.0,
+        }
         return super().export(out_dir, datamodule)

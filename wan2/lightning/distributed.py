@@ -20,8 +20,14 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "fp32": torch.float32, "float32": torch.float32}
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -35,13 +41,25 @@ class FSDP2Strategy(ModelParallelStrategy):
     gathered in ``param_dtype`` for compute, gradients reduced in ``reduce_dtype``; masters stay fp32.
     """
 
-    def __init__(self, param_dtype: str | None = None, reduce_dtype: str | None = "fp32",
-                 reshard_after_forward: bool = True, save_distributed_checkpoint: bool = True, **kwargs):
+    def __init__(
+        self,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = "fp32",
+        reshard_after_forward: bool = True,
+        save_distributed_checkpoint: bool = True,
+        **kwargs,
+    ):
         for key, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
             if value is not None and value not in DTYPES:
-                raise ValueError(f"trainer.strategy.{key}: {value!r} is not a dtype (allowed: null, {sorted(DTYPES)})")
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+                raise ValueError(
+                    f"trainer.strategy.{key}: {value!r} is not a dtype (allowed: null, {sorted(DTYPES)})"
+                )
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
         self.param_dtype, self.reduce_dtype = param_dtype, reduce_dtype
         self.reshard_after_forward = bool(reshard_after_forward)
 
@@ -74,7 +92,10 @@ class FSDP2Strategy(ModelParallelStrategy):
         """``fully_shard`` arguments: the data-parallel mesh, mixed precision, resharding after forward."""
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        kwargs = {"mesh": self.device_mesh["data_parallel"], "reshard_after_forward": self.reshard_after_forward}
+        kwargs = {
+            "mesh": self.device_mesh["data_parallel"],
+            "reshard_after_forward": self.reshard_after_forward,
+        }
         if self.param_dtype is not None or self.reduce_dtype is not None:
             kwargs["mp_policy"] = MixedPrecisionPolicy(
                 param_dtype=DTYPES.get(self.param_dtype), reduce_dtype=DTYPES.get(self.reduce_dtype)
@@ -82,7 +103,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         return kwargs
 
 
-def shard_per_block(module: torch.nn.Module, block_classes: set[type], **fully_shard_kwargs) -> torch.nn.Module:
+def shard_per_block(
+    module: torch.nn.Module, block_classes: set[type], **fully_shard_kwargs
+) -> torch.nn.Module:
     """FSDP2: ``fully_shard`` every submodule of ``block_classes`` (one all-gather per block), then the module
     itself (the remaining weights: embeddings, norms, output head). Already sharded modules are left alone."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -104,7 +127,9 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     if not params:
         return torch.tensor(0.0)
     sharded = [p for p in params if isinstance(p.grad, DTensor)]
-    whole = [p for p in params if not isinstance(p.grad, DTensor)]  # replicated (e.g. an unsharded text encoder)
+    whole = [
+        p for p in params if not isinstance(p.grad, DTensor)
+    ]  # replicated (e.g. an unsharded text encoder)
     norms = []
     if sharded:  # full_tensor: a collective, every rank calls it
         norms.append(torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor())

@@ -26,7 +26,9 @@ class EMA:
         self.num_updates += 1
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         for n, p in self.params.items():
-            if self.shadow[n].device != p.device:  # built on the CPU before Lightning moved the model to the GPU
+            if (
+                self.shadow[n].device != p.device
+            ):  # built on the CPU before Lightning moved the model to the GPU
                 self.shadow[n] = self.shadow[n].to(p.device)
             self.shadow[n].lerp_(_local(p).detach().float(), 1.0 - d)
 

@@ -57,8 +57,15 @@ class RenderedOnceDataModule(RankJumpDataModule):
 class EncoderModule(L.LightningModule):
     """Symmetric InfoNCE between clip and caption embeddings; same-content pairs in a batch are all positives."""
 
-    def __init__(self, backbone=None, encoder: dict | None = None, lr: float = 2e-3, weight_decay: float = 0.01,
-                 warmup_steps: int = 50, min_lr_ratio: float = 0.05):
+    def __init__(
+        self,
+        backbone=None,
+        encoder: dict | None = None,
+        lr: float = 2e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.05,
+    ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])  # the Wan stack train() builds is not used here
         self.encoder = RankJumpEncoder(EncoderConfig(**(encoder or {})))
@@ -75,13 +82,17 @@ class EncoderModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self._step(batch)
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=len(batch["caption"]))
+        self.log_dict(
+            {f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=len(batch["caption"])
+        )
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
         out = self._step(batch)
         out |= self.degradation_scores(batch)
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=len(batch["caption"]), sync_dist=True)
+        self.log_dict(
+            {f"val/{k}": v for k, v in out.items()}, batch_size=len(batch["caption"]), sync_dist=True
+        )
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._save_samples(batch)
 
@@ -115,13 +126,17 @@ class EncoderModule(L.LightningModule):
     def export(self, out_dir, datamodule=None) -> dict:
         """Write ``export/encoder`` (safetensors + encoder.json) for ``wan2.metrics.indomain.load_encoder``."""
         rj = datamodule.rj_cfg if datamodule is not None else None
-        info = {"global_step": int(self.global_step),
-                "data": {"num_train": datamodule.hparams.num_train, "mix": dict(rj.mix)} if rj else {}}
+        info = {
+            "global_step": int(self.global_step),
+            "data": {"num_train": datamodule.hparams.num_train, "mix": dict(rj.mix)} if rj else {},
+        }
         save_encoder(self.encoder, Path(out_dir) / "encoder", info=info)
         return {}
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.encoder.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(
+            self.encoder.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         warm, total = max(1, self.hparams.warmup_steps), max(1, int(self.trainer.max_steps))
         floor = self.hparams.min_lr_ratio
 

@@ -35,8 +35,9 @@ def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step:
             lg.log_image("samples/contact_sheet", [str(sample_dir / "contact_sheet.png")], step=step)
         videos = sorted(sample_dir.glob("*.mp4"))[:limit]
         if hasattr(lg, "log_video") and videos:
-            lg.log_video("samples/videos", [str(v) for v in videos], step=step, caption=captions[: len(videos)])
-
+            lg.log_video(
+                "samples/videos", [str(v) for v in videos], step=step, caption=captions[: len(videos)]
+            )
 
 
 def warmup_cosine(warm: int, total: int, floor: float):
@@ -51,14 +52,27 @@ def warmup_cosine(warm: int, total: int, floor: float):
 
     return schedule
 
+
 class FlowMatchingModule(L.LightningModule):
     """Rectified-flow objective: predict u = eps - x0 at z_t = (1 - t) x0 + t eps."""
 
-    def __init__(self, backbone: WanBackbone, lr: float = 3e-4, weight_decay: float = 0.01,
-                 betas: tuple[float, float] = (0.9, 0.99), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
-                 caption_dropout: float = 0.1, timesteps: dict | None = None, loss_weighting: str = "none",
-                 ema_decay: float = 0.999, train_text_encoder: bool = False, text_lr_scale: float = 1.0,
-                 sample: dict | None = None, expert: str | None = None):
+    def __init__(
+        self,
+        backbone: WanBackbone,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        caption_dropout: float = 0.1,
+        timesteps: dict | None = None,
+        loss_weighting: str = "none",
+        ema_decay: float = 0.999,
+        train_text_encoder: bool = False,
+        text_lr_scale: float = 1.0,
+        sample: dict | None = None,
+        expert: str | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         # Wan2.2 A14B: the expert(s) that train are submodules (checkpoints, EMA, device moves); an idle one is
@@ -71,8 +85,9 @@ class FlowMatchingModule(L.LightningModule):
                 idle.requires_grad_(False).eval()
         self.text_encoder = backbone.text_encoder
         self.save_hyperparameters(ignore=["backbone"])
-        self.timestep_cfg = expert_timesteps({"mode": "logit_normal", "shift": 1.0, **(timesteps or {})},
-                                             self.expert, backbone.boundary_ratio)
+        self.timestep_cfg = expert_timesteps(
+            {"mode": "logit_normal", "shift": 1.0, **(timesteps or {})}, self.expert, backbone.boundary_ratio
+        )
         self.sample_cfg = {"num_inference_steps": 25, "guidance_scale": 5.0, "seed": 0, **(sample or {})}
         self.backbone.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(train_text_encoder)
@@ -85,10 +100,16 @@ class FlowMatchingModule(L.LightningModule):
         """Hook: which transformer weights train (all here; adapters only in LoRAModule)."""
 
     def _trainable(self) -> dict[str, torch.nn.Parameter]:
-        named = {f"{prefix}.{n}": p for prefix, m in self.trained_experts() for n, p in m.named_parameters()
-                 if p.requires_grad}
+        named = {
+            f"{prefix}.{n}": p
+            for prefix, m in self.trained_experts()
+            for n, p in m.named_parameters()
+            if p.requires_grad
+        }
         if self.hparams.train_text_encoder:
-            named |= {f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad}
+            named |= {
+                f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad
+            }
         return named
 
     # -- randomness per sample ------------------------------------------------------------------------
@@ -106,13 +127,18 @@ class FlowMatchingModule(L.LightningModule):
 
     def trained_experts(self) -> list[tuple[str, torch.nn.Module]]:
         """(name, transformer) of each transformer that trains: ``transformer`` and / or ``transformer_2``."""
-        return [(n, m) for n, m in (("transformer", self.transformer), ("transformer_2", self.transformer_2))
-                if m is not None]
+        return [
+            (n, m)
+            for n, m in (("transformer", self.transformer), ("transformer_2", self.transformer_2))
+            if m is not None
+        ]
 
     def velocity(self, zt: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(B, C, F', H', W') prediction at timestep 1000 sigma; when both A14B experts train, each sample goes to
         the expert of its sigma (``wan2.lightning.experts.routed_velocity``)."""
-        return routed_velocity(self.transformer, self.transformer_2, zt, sigma, cond, self.backbone.boundary_ratio)
+        return routed_velocity(
+            self.transformer, self.transformer_2, zt, sigma, cond, self.backbone.boundary_ratio
+        )
 
     # -- conditioning ---------------------------------------------------------------------------------
     def text_condition(self, batch) -> torch.Tensor:
@@ -155,12 +181,15 @@ class FlowMatchingModule(L.LightningModule):
             sigma = sample_training_sigmas(x0.shape[0], **self.timestep_cfg)  # (B,)
         else:  # per sample, by dataset index: the same draws at any world size
             noise = randn_per_sample(x0.shape[1:], noise_rng).to(x0.device)  # (B, C, F', H', W')
-            sigma = draw_per_sample(lambda g: sample_training_sigmas(1, generator=g, **self.timestep_cfg),
-                                    sigma_rng)  # (B,)
+            sigma = draw_per_sample(
+                lambda g: sample_training_sigmas(1, generator=g, **self.timestep_cfg), sigma_rng
+            )  # (B,)
         sigma = sigma.to(x0.device)
         zt = add_noise(x0, noise, sigma)
         pred = self.velocity(zt, sigma, cond)
-        per_sample = F.mse_loss(pred.float(), velocity_target(x0, noise), reduction="none").mean(dim=(1, 2, 3, 4))
+        per_sample = F.mse_loss(pred.float(), velocity_target(x0, noise), reduction="none").mean(
+            dim=(1, 2, 3, 4)
+        )
         if self.hparams.loss_weighting == "bell":
             per_sample = per_sample * bell_weight(sigma.cpu()).to(per_sample)
         return per_sample.mean()
@@ -184,7 +213,9 @@ class FlowMatchingModule(L.LightningModule):
         from wan2.lightning.distributed import FSDP2Strategy, clip_grad_norm, is_fsdp
 
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_fsdp(self.trainer.strategy):
-            if isinstance(self.trainer.strategy, FSDP2Strategy):  # DTensor gradients: the norm over all shards
+            if isinstance(
+                self.trainer.strategy, FSDP2Strategy
+            ):  # DTensor gradients: the norm over all shards
                 clip_grad_norm([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
             else:  # Lightning's FSDP1 FSDPStrategy
                 self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
@@ -223,15 +254,25 @@ class FlowMatchingModule(L.LightningModule):
 
     def param_groups(self) -> list[dict]:
         """AdamW parameter groups: the trained transformer(s), and the text encoder when it trains."""
-        groups = [{"params": [p for _, m in self.trained_experts() for p in m.parameters() if p.requires_grad]}]
+        groups = [
+            {"params": [p for _, m in self.trained_experts() for p in m.parameters() if p.requires_grad]}
+        ]
         if self.hparams.train_text_encoder:
-            groups.append({"params": list(self.text_encoder.parameters()),
-                           "lr": self.hparams.lr * self.hparams.text_lr_scale})
+            groups.append(
+                {
+                    "params": list(self.text_encoder.parameters()),
+                    "lr": self.hparams.lr * self.hparams.text_lr_scale,
+                }
+            )
         return groups
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                                weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(
+            self.param_groups(),
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            weight_decay=self.hparams.weight_decay,
+        )
         total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000))
         warm, floor = max(1, self.hparams.warmup_steps), self.hparams.min_lr_ratio
 
@@ -258,9 +299,16 @@ class FlowMatchingModule(L.LightningModule):
         from wan2.sampling import sample_videos
 
         with experts_on(self.backbone, self.device):  # an idle A14B expert joins for sampling only
-            return sample_videos(self.backbone, captions, num_frames=meta0["num_frames"], height=meta0["height"],
-                                 width=meta0["width"], num_inference_steps=self.sample_cfg["num_inference_steps"],
-                                 guidance_scale=self.sample_cfg["guidance_scale"], seed=seed)
+            return sample_videos(
+                self.backbone,
+                captions,
+                num_frames=meta0["num_frames"],
+                height=meta0["height"],
+                width=meta0["width"],
+                num_inference_steps=self.sample_cfg["num_inference_steps"],
+                guidance_scale=self.sample_cfg["guidance_scale"],
+                seed=seed,
+            )
 
     def validation_step(self, batch, batch_idx):
         from wan2.lightning.judging import judge_batch
@@ -268,7 +316,9 @@ class FlowMatchingModule(L.LightningModule):
         was = self.text_encoder.training
         self.text_encoder.eval()
         with self.ema_weights():
-            video = self.generate(batch["caption"], batch["meta"][0], seed=self.sample_cfg["seed"] + batch_idx)
+            video = self.generate(
+                batch["caption"], batch["meta"][0], seed=self.sample_cfg["seed"] + batch_idx
+            )
         self.text_encoder.train(was and self.hparams.train_text_encoder)
         scores = judge_batch(video, batch["meta"])
         self.log_dict({f"val/{k}": v for k, v in scores.items()}, batch_size=len(batch["caption"]))
@@ -293,8 +343,13 @@ class FlowMatchingModule(L.LightningModule):
             "guidance_scale": self.sample_cfg["guidance_scale"],
         }
         if rj is not None:
-            sampling |= {"num_frames": rj.num_frames, "height": rj.height, "width": rj.width, "fps": rj.fps,
-                         "rows": rj.rows}
+            sampling |= {
+                "num_frames": rj.num_frames,
+                "height": rj.height,
+                "width": rj.width,
+                "fps": rj.fps,
+                "rows": rj.rows,
+            }
         self.backbone.eval()
         with self.ema_weights():
             export_pipeline(self.backbone, out_dir, sampling=sampling)

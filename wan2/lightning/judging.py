@@ -15,8 +15,10 @@ from wan2.data.reader import judge_meta
 def judge_batch(video: torch.Tensor, metas: list[dict]) -> dict[str, float]:
     """Share of videos (B, 3, F, H, W) whose motion / colour the reader finds, overall and per event."""
     verdicts = [judge_meta(video_to_frames(v), m) for v, m in zip(video, metas)]
-    out = {"traj_acc": float(np.mean([v["trajectory_ok"] for v in verdicts])),
-           "colour_acc": float(np.mean([v["colour_ok"] for v in verdicts]))}
+    out = {
+        "traj_acc": float(np.mean([v["trajectory_ok"] for v in verdicts])),
+        "colour_acc": float(np.mean([v["colour_ok"] for v in verdicts])),
+    }
     per = defaultdict(list)
     for v, m in zip(verdicts, metas):
         per[m["event"]].append(v["trajectory_ok"])

@@ -150,7 +150,9 @@ class NonFiniteGuard(L.Callback):
         if not self._loss_bad and params:
             # this rank's shard of sharded (FSDP2) gradients: a local check, no collective on a branch that
             # a rank with a bad loss skips; the decision is shared below
-            norm = torch.nn.utils.get_total_norm([local_tensor(p.grad) for p in params], error_if_nonfinite=False)
+            norm = torch.nn.utils.get_total_norm(
+                [local_tensor(p.grad) for p in params], error_if_nonfinite=False
+            )
             grad_bad = not bool(torch.isfinite(norm))
         # every rank skips when any rank must (FSDP: each sees only its shard of the gradients; DDP: a rank's
         # own loss): ranks that stepped apart would train different models
@@ -164,8 +166,13 @@ class NonFiniteGuard(L.Callback):
         self.counts["loss" if self._loss_bad else "grad"] += 1
         self.in_row += 1
         what = f"loss {self._last_loss}" if self._loss_bad else "gradient norm not finite"
-        log.warning("step %d skipped: %s (%d in a row, %d in all)", trainer.global_step, what, self.in_row,
-                    self.counts["skipped"])
+        log.warning(
+            "step %d skipped: %s (%d in a row, %d in all)",
+            trainer.global_step,
+            what,
+            self.in_row,
+            self.counts["skipped"],
+        )
         if self.in_row >= self.max_in_row:
             last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             raise NonFiniteError(
@@ -175,8 +182,12 @@ class NonFiniteGuard(L.Callback):
             )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pl_module.log_dict({f"nonfinite/{k}": float(v) for k, v in self.counts.items()}, on_step=True,
-                           on_epoch=False, batch_size=1)
+        pl_module.log_dict(
+            {f"nonfinite/{k}": float(v) for k, v in self.counts.items()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )
 
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "in_row": self.in_row}
@@ -223,7 +234,9 @@ class Preemption(L.Callback):
             return
         trainer.save_checkpoint(self.path)
         self.saved_step = trainer.global_step
-        log.warning("preempted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, self.path)
+        log.warning(
+            "preempted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, self.path
+        )
 
 
 # ----------------------------------------------------------------------------- fault injection (tests)

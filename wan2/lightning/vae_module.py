@@ -24,9 +24,17 @@ def highlight_weight(video: torch.Tensor, boost: float, first_frame: float) -> t
 class VAEModule(L.LightningModule):
     """Reconstruction (weighted L1 + MSE) plus a small KL on the diagonal Gaussian posterior."""
 
-    def __init__(self, backbone: WanBackbone, lr: float = 1e-3, weight_decay: float = 0.0, kl_weight: float = 1e-6,
-                 highlight_boost: float = 8.0, first_frame_weight: float = 3.0, warmup_steps: int = 20,
-                 freeze_encoder: bool = False):
+    def __init__(
+        self,
+        backbone: WanBackbone,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        kl_weight: float = 1e-6,
+        highlight_boost: float = 8.0,
+        first_frame_weight: float = 3.0,
+        warmup_steps: int = 20,
+        freeze_encoder: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.vae = backbone.vae
@@ -52,7 +60,9 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self._losses(batch["video"])
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=len(batch["video"]))
+        self.log_dict(
+            {f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=len(batch["video"])
+        )
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
@@ -98,7 +108,11 @@ class VAEModule(L.LightningModule):
         return {}
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW([p for p in self.vae.parameters() if p.requires_grad], lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(
+            [p for p in self.vae.parameters() if p.requires_grad],
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+        )
         warm = max(1, self.hparams.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -118,5 +132,6 @@ class VAEModule(L.LightningModule):
         z = torch.cat(zs)  # (N, C, F', H', W')
         mean = z.mean(dim=(0, 2, 3, 4))
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
-        self.vae.register_to_config(latents_mean=[round(v, 6) for v in mean.tolist()],
-                                    latents_std=[round(v, 6) for v in std.tolist()])
+        self.vae.register_to_config(
+            latents_mean=[round(v, 6) for v in mean.tolist()], latents_std=[round(v, 6) for v in std.tolist()]
+        )

@@ -39,17 +39,29 @@ def target_regex(targets: str) -> str:
     try:
         re.compile(pattern)
     except re.error as err:
-        raise ValueError(f"lora.targets: {targets!r} is neither a preset {sorted(TARGET_PRESETS)} nor a regex ({err})") from err
+        raise ValueError(
+            f"lora.targets: {targets!r} is neither a preset {sorted(TARGET_PRESETS)} nor a regex ({err})"
+        ) from err
     return pattern
 
 
-def lora_config(rank: int = 16, alpha: float | None = None, dropout: float = 0.0, targets: str = "motion",
-                init: str | bool = True) -> LoraConfig:
+def lora_config(
+    rank: int = 16,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: str = "motion",
+    init: str | bool = True,
+) -> LoraConfig:
     if rank < 1:
         raise ValueError(f"lora.rank: {rank} must be >= 1")
     init_value = {"gaussian": "gaussian", "default": True, "true": True, True: True}.get(init, init)
-    return LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
-                      target_modules=target_regex(targets), init_lora_weights=init_value)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=dropout,
+        target_modules=target_regex(targets),
+        init_lora_weights=init_value,
+    )
 
 
 def add_lora(transformer, config: LoraConfig, adapter_name: str = "default") -> int:
@@ -60,7 +72,9 @@ def add_lora(transformer, config: LoraConfig, adapter_name: str = "default") -> 
     except ValueError as err:
         if "not found in the base model" not in str(err):
             raise
-        raise ValueError(f"lora.targets: {config.target_modules!r} matches no module of the transformer") from None
+        raise ValueError(
+            f"lora.targets: {config.target_modules!r} matches no module of the transformer"
+        ) from None
     n = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     if n == 0:
         raise ValueError(f"lora.targets: {config.target_modules!r} matches no module of the transformer")
@@ -77,8 +91,9 @@ def save_lora(transformer, out_dir: str | Path, config: LoraConfig, extra: dict 
     meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
 
     def write(d: Path) -> None:
-        WanPipeline.save_lora_weights(d, transformer_lora_layers=state, weight_name=WEIGHT_NAME,
-                                      transformer_lora_adapter_metadata=meta)
+        WanPipeline.save_lora_weights(
+            d, transformer_lora_layers=state, weight_name=WEIGHT_NAME, transformer_lora_adapter_metadata=meta
+        )
         (d / "adapter_config.json").write_text(json.dumps(meta, indent=2, default=str))
         (d / "wan2_lora.json").write_text(json.dumps(extra or {}, indent=2))
 
@@ -111,7 +126,9 @@ def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as err:  # noqa: BLE001  (safetensors raises several kinds)
-        raise LoraFileError(f"lora: {str(path)!r} is not a readable safetensors file ({type(err).__name__})") from err
+        raise LoraFileError(
+            f"lora: {str(path)!r} is not a readable safetensors file ({type(err).__name__})"
+        ) from err
     lora_keys = [k for k in shapes if re.search(r"\.lora_[AB]\.weight$", k)]
     if not lora_keys:
         raise LoraFileError(f"lora: {str(path)!r} holds no lora_A / lora_B weights: not a LoRA file")
@@ -126,6 +143,8 @@ def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]
         want = base.in_features if ".lora_A." in key else base.out_features
         got = shape[1] if ".lora_A." in key else shape[0]
         if got != want:
-            raise LoraFileError(f"lora: {str(path)!r} was made for a different base: {key} has shape {shape}, "
-                                f"this model's {name} needs {'in' if '.lora_A.' in key else 'out'}_features={want}")
+            raise LoraFileError(
+                f"lora: {str(path)!r} was made for a different base: {key} has shape {shape}, "
+                f"this model's {name} needs {'in' if '.lora_A.' in key else 'out'}_features={want}"
+            )
     return shapes

@@ -47,7 +47,9 @@ class CLIPScorer:
             )
         from transformers import CLIPModel, CLIPTokenizer
 
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(device).eval()
+        self.model = (
+            CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(device).eval()
+        )
         self.tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
         self.image_processor = _image_processor_cls().from_pretrained(path, local_files_only=True)
         self.device, self.batch_size = device, batch_size

@@ -81,7 +81,9 @@ def _down(size: int, times: int) -> int:
 
 
 def _conv_block(c_in: int, c_out: int, stride: tuple[int, int, int]) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(4, c_out), nn.SiLU())
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(4, c_out), nn.SiLU()
+    )
 
 
 class VideoEncoder(nn.Module):
@@ -119,8 +121,9 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(cfg.vocab_size, cfg.text_dim, padding_idx=0)
         self.positions = nn.Parameter(torch.randn(cfg.text_len, cfg.text_dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(cfg.text_dim, cfg.text_heads, 2 * cfg.text_dim, dropout=0.0,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.text_dim, cfg.text_heads, 2 * cfg.text_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.text_dim)
         self.head = nn.Linear(cfg.text_dim, cfg.embed_dim)
@@ -157,8 +160,13 @@ class RankJumpEncoder(nn.Module):
 
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask (B, text_len) from the repo's offline tokenizer."""
-        tok = _tokenizer(self.cfg.text_len)(list(captions), padding="max_length", max_length=self.cfg.text_len,
-                                            truncation=True, return_tensors="pt")
+        tok = _tokenizer(self.cfg.text_len)(
+            list(captions),
+            padding="max_length",
+            max_length=self.cfg.text_len,
+            truncation=True,
+            return_tensors="pt",
+        )
         device = self.logit_scale.device
         return tok.input_ids.to(device), tok.attention_mask.bool().to(device)
 
@@ -167,7 +175,9 @@ class RankJumpEncoder(nn.Module):
         return F.normalize(self.text(*self.tokenize(captions)), dim=-1)
 
 
-def contrastive_loss(v: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    v: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE over unit-norm video (B, D) / text (B, D) embeddings.
 
     ``same`` (B, B) bool marks pairs that describe the same clip content (same event, ranks, colour): they are
@@ -187,8 +197,12 @@ def save_encoder(encoder: RankJumpEncoder, path: str | Path, info: dict | None =
 
     from wan2.export import atomic_dir
 
-    meta = {"kind": KIND, "config": asdict(encoder.cfg), "info": info or {},
-            "metrics": {"fd": FD_NAME, "text_video": TV_NAME}}
+    meta = {
+        "kind": KIND,
+        "config": asdict(encoder.cfg),
+        "info": info or {},
+        "metrics": {"fd": FD_NAME, "text_video": TV_NAME},
+    }
 
     def write(d: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
@@ -204,12 +218,16 @@ def load_encoder(path, device: str | torch.device = "cpu") -> RankJumpEncoder:
 
     root = Path(path) if path not in (None, "") else None
     if root is None or not root.is_dir():
-        raise EncoderLoadError(f"{CONFIG_KEY}: {str(path)!r} is not a directory "
-                               "(train one with `python train.py experiment=rankjump_encoder`)")
+        raise EncoderLoadError(
+            f"{CONFIG_KEY}: {str(path)!r} is not a directory "
+            "(train one with `python train.py experiment=rankjump_encoder`)"
+        )
     cfg_file, weights = root / CONFIG_FILE, root / WEIGHTS_FILE
     if not cfg_file.is_file() or not weights.is_file():
-        raise EncoderLoadError(f"{CONFIG_KEY}: {str(root)!r} has no {CONFIG_FILE} + {WEIGHTS_FILE}; "
-                               "it is not a RankJump encoder (experiment=rankjump_encoder writes export/encoder)")
+        raise EncoderLoadError(
+            f"{CONFIG_KEY}: {str(root)!r} has no {CONFIG_FILE} + {WEIGHTS_FILE}; "
+            "it is not a RankJump encoder (experiment=rankjump_encoder writes export/encoder)"
+        )
     try:
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as err:
@@ -224,8 +242,10 @@ def load_encoder(path, device: str | torch.device = "cpu") -> RankJumpEncoder:
         raise EncoderLoadError(f"{cfg_file}: config has unknown keys {unknown}")
     cfg = EncoderConfig(**spec)
     if cfg.vocab_hash != vocabulary_hash():
-        raise EncoderLoadError(f"{cfg_file}: config.vocab_hash {cfg.vocab_hash!r} is not this repo's tokenizer "
-                               f"vocabulary ({vocabulary_hash()!r}); retrain with experiment=rankjump_encoder")
+        raise EncoderLoadError(
+            f"{cfg_file}: config.vocab_hash {cfg.vocab_hash!r} is not this repo's tokenizer "
+            f"vocabulary ({vocabulary_hash()!r}); retrain with experiment=rankjump_encoder"
+        )
     encoder = RankJumpEncoder(cfg)
     try:
         encoder.load_state_dict(load_file(str(weights)))
@@ -245,7 +265,9 @@ def as_float_videos(videos) -> torch.Tensor:
         videos = torch.stack(videos) if videos else torch.zeros(0, 3, 1, 1, 1)
     x = torch.as_tensor(videos) if not isinstance(videos, torch.Tensor) else videos
     if x.ndim != 5:
-        raise ValueError(f"videos: expected 5 dims (N, 3, F, H, W) or (N, F, H, W, 3), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"videos: expected 5 dims (N, 3, F, H, W) or (N, F, H, W, 3), got shape {tuple(x.shape)}"
+        )
     if x.dtype == torch.uint8:
         if x.shape[-1] != 3:
             raise ValueError(f"videos: uint8 videos must be (N, F, H, W, 3), got {tuple(x.shape)}")
@@ -276,14 +298,26 @@ def indomain_fd(real_videos, gen_videos, encoder: RankJumpEncoder) -> float:
 
 
 @torch.inference_mode()
-def text_video_scores(encoder: RankJumpEncoder, videos, captions: list[str], batch_size: int = 64) -> np.ndarray:
+def text_video_scores(
+    encoder: RankJumpEncoder, videos, captions: list[str], batch_size: int = 64
+) -> np.ndarray:
     """Per video 100 * cos(video embedding, its caption's embedding), (N,)."""
     captions = [captions] if isinstance(captions, str) else list(captions)
     if len(videos) != len(captions) or not captions:
-        raise ValueError(f"captions: {len(captions)} caption(s) for {len(videos)} video(s); need one per video")
+        raise ValueError(
+            f"captions: {len(captions)} caption(s) for {len(videos)} video(s); need one per video"
+        )
     v = video_features(encoder, videos, batch_size)  # (N, D)
-    t = torch.cat([encoder.encode_text(captions[i : i + batch_size]).cpu()
-                   for i in range(0, len(captions), batch_size)]).double().numpy()  # (N, D)
+    t = (
+        torch.cat(
+            [
+                encoder.encode_text(captions[i : i + batch_size]).cpu()
+                for i in range(0, len(captions), batch_size)
+            ]
+        )
+        .double()
+        .numpy()
+    )  # (N, D)
     return 100.0 * (v * t).sum(1)
 
 
@@ -292,13 +326,23 @@ def text_video_score(encoder: RankJumpEncoder, videos, captions: list[str]) -> f
     return float(text_video_scores(encoder, videos, captions).mean())
 
 
-def rankjump_reference(num: int, split: str = "test", mix: dict | None = None, height: int = 32,
-                       width: int = 32, num_frames: int = 17) -> tuple[np.ndarray, list[str]]:
+def rankjump_reference(
+    num: int,
+    split: str = "test",
+    mix: dict | None = None,
+    height: int = 32,
+    width: int = 32,
+    num_frames: int = 17,
+) -> tuple[np.ndarray, list[str]]:
     """Real RankJump clips (uint8 (N, F, H, W, 3)) and captions to compare generated videos against."""
     from wan2.data.rankjump import EVENTS, RankJump, RankJumpConfig
 
-    cfg = RankJumpConfig(height=height, width=width, num_frames=num_frames,
-                         mix=dict(mix) if mix else dict.fromkeys(EVENTS, 1.0))
+    cfg = RankJumpConfig(
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        mix=dict(mix) if mix else dict.fromkeys(EVENTS, 1.0),
+    )
     rj = RankJump(cfg, split, num)
     clips = [rj[i] for i in range(num)]
     return np.stack([c.frames for c in clips]), [c.caption for c in clips]
@@ -348,7 +392,9 @@ def degraded_sets(frames: np.ndarray, metas: list[dict], seed: int = 0) -> dict[
         "shuffled": np.stack([v[rng.permutation(len(v))] for v in frames]),
         "frozen": np.repeat(frames[:, :1], frames.shape[1], axis=1),
         "reversed": np.ascontiguousarray(frames[:, ::-1]),
-        "wrong_colour": np.stack([recolour(m, names[(names.index(m["colour"]) + 2) % len(names)]) for m in metas]),
+        "wrong_colour": np.stack(
+            [recolour(m, names[(names.index(m["colour"]) + 2) % len(names)]) for m in metas]
+        ),
         "one_colour": np.stack([recolour(m, "green") for m in metas]),
     }
 
@@ -362,8 +408,13 @@ def separation_report(encoder: RankJumpEncoder, num: int = 128, split: str = "te
     from wan2.data.rankjump import EVENTS, RankJump, RankJumpConfig
 
     c = encoder.cfg
-    rj = RankJump(RankJumpConfig(height=c.height, width=c.width, num_frames=c.num_frames,
-                                 mix=dict.fromkeys(EVENTS, 1.0)), split, 2 * num)
+    rj = RankJump(
+        RankJumpConfig(
+            height=c.height, width=c.width, num_frames=c.num_frames, mix=dict.fromkeys(EVENTS, 1.0)
+        ),
+        split,
+        2 * num,
+    )
     clips = [rj[i] for i in range(2 * num)]
     frames = np.stack([x.frames for x in clips])  # (2N, F, H, W, 3)
     captions, metas = [x.caption for x in clips[:num]], [x.meta for x in clips[:num]]
