@@ -41,6 +41,17 @@ DTYPES = {None: None, "bf16": torch.bfloat16, "fp32": torch.float32}
 FAST_MIN_SIDE = 256  # the fast profile only shrinks frames whose short side is above this
 
 
+class NonFiniteVideoError(RuntimeError):
+    """Generated frames held NaN / Inf (the model or a LoRA diverged): an error, never a black mp4.
+
+    ``videos`` keeps the batch's finite videos (None where a video was non-finite), ``bad`` the indices."""
+
+    def __init__(self, message: str, videos: list, bad: list[int]):
+        super().__init__(message)
+        self.videos = videos
+        self.bad = bad
+
+
 @dataclass
 class GeneratedVideo:
     """One generated clip: uint8 frames (F, H, W, 3) and how they were made."""
@@ -135,7 +146,9 @@ class Wan2T2V:
         for f, component in files:
             name = f"lora_{len(self.lora_names)}"
             into_2 = {"load_into_transformer_2": True} if component == "transformer_2" else {}
-            self.pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name, **into_2)
+            self.pipe.load_lora_weights(  # use_safetensors: never diffusers' fallback to a pickled .bin
+                str(f.parent), weight_name=f.name, adapter_name=name, use_safetensors=True, **into_2
+            )
             self.lora_names.append(name)
         self.set_lora_scales(1.0 if scales is None else scales)
 
@@ -151,6 +164,9 @@ class Wan2T2V:
             weights = [float(s) for s in scales]
         else:
             weights = [float(scales)] * len(self.lora_names)
+        bad = [w for w in weights if not math.isfinite(w)]
+        if bad:
+            raise ValueError(f"lora_scales: {bad[0]} is not a finite number")
         self.pipe.set_adapters(self.lora_names, weights)
 
     # -- geometry ---------------------------------------------------------------------------------------
@@ -253,6 +269,12 @@ class Wan2T2V:
         t = self.backbone.t_stride
         ask = num_frames - 1 if t == 1 and num_frames > 1 else num_frames
         generators = [torch.Generator().manual_seed(s) for s in seeds]
+        finite = torch.ones(len(prompts), dtype=torch.bool)  # per video: latents finite at every step
+
+        def watch(pipe, i, t, tensors):
+            finite.logical_and_(torch.isfinite(tensors["latents"]).flatten(1).all(1).cpu())
+            return {}
+
         start = time.perf_counter()
         out = self.pipe(
             prompt=prompts,
@@ -265,13 +287,26 @@ class Wan2T2V:
             generator=generators[0] if len(generators) == 1 else generators,
             max_sequence_length=self.backbone.text_len,
             output_type="np",
-        ).frames  # float (B, F, H, W, 3) in [0, 1]
+            callback_on_step_end=watch,
+        ).frames  # float (B, F, H, W, 3) in [0, 1]; NaN stays NaN (the pipeline's clamp keeps it)
         seconds = (time.perf_counter() - start) / len(prompts)
-        frames = (np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        if frames.shape[1] != num_frames:
-            raise RuntimeError(f"num_frames: asked {num_frames}, the pipeline made {frames.shape[1]}")
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape[1] != num_frames:
+            raise RuntimeError(f"num_frames: asked {num_frames}, the pipeline made {out.shape[1]}")
+        ok = finite.numpy() & np.isfinite(out).reshape(len(prompts), -1).all(1)  # (B,)
+        frames = (np.clip(np.nan_to_num(out), 0.0, 1.0) * 255.0).round().astype(np.uint8)
         videos = [
             GeneratedVideo(frames=frames[i], fps=fps, prompt=p, seed=seeds[i], seconds=seconds, steps=steps)
+            if ok[i]
+            else None
             for i, p in enumerate(prompts)
         ]
+        if not ok.all():
+            bad = [i for i in range(len(prompts)) if not ok[i]]
+            raise NonFiniteVideoError(
+                f"frames: video {bad[0]} of {len(prompts)} (seed {seeds[bad[0]]}) holds NaN / Inf values: the model "
+                f"or a LoRA diverged ({len(bad)} such video{'s' * (len(bad) > 1)}); nothing is saved for it",
+                videos,
+                bad,
+            )
         return videos[0] if isinstance(prompt, str) else videos

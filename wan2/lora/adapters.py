@@ -10,6 +10,7 @@ Anything else is taken as a user regex over module names (PEFT full-match).
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -113,38 +114,193 @@ def lora_component(path: str | Path) -> str:
     return "transformer_2" if component == "transformer_2" else "transformer"
 
 
-def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]:
-    """Refuse a file that is not a diffusers LoRA or whose shapes do not fit ``transformer`` (one-line errors)."""
+# What a wan2 / diffusers LoRA file may hold: float tensors under ``transformer.<module>.lora_[AB].weight``.
+_KEY = re.compile(r"^transformer\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+# LoraConfig options that need tensors this loader does not check, or that rewrite the base weights on load.
+_PLAIN_LORA = {
+    "peft_type": ("LORA", None),
+    "use_dora": (False, None),
+    "lora_bias": (False, None),
+    "modules_to_save": (None, []),
+    "layer_replication": (None, []),
+    "trainable_token_indices": (None, {}, []),
+    "init_lora_weights": (True, False, "gaussian", None),
+}
+
+
+def _lora_weight_file(path: str | Path) -> Path:
+    """The ``.safetensors`` file a LoRA path names (a folder holds ``pytorch_lora_weights.safetensors``)."""
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHT_NAME
     if not path.is_file():
-        raise LoraFileError(f"lora: {str(path)!r} does not exist")
+        raise LoraFileError(f"lora: {str(path)!r} does not exist (or is not a file)")
     if path.suffix != ".safetensors":
         raise LoraFileError(f"lora: {str(path)!r} is not a .safetensors file (pickles are refused)")
+    size = path.stat().st_size
+    with path.open("rb") as fh:  # the header length, checked before any parser sees the file
+        head = fh.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if n < 0:
+        raise LoraFileError(
+            f"lora: {str(path)!r} is {size} bytes: empty or truncated, not a safetensors file"
+        )
+    if n > _MAX_HEADER or n > size - 8:
+        raise LoraFileError(
+            f"lora: {str(path)!r} is not a safetensors file or is truncated: its header claims {n} bytes, "
+            f"the file has {size}"
+        )
+    return path
+
+
+def _metadata_configs(path: Path, file_meta: dict | None) -> list[tuple[str, dict]]:
+    """The LoRA settings each metadata source states: the safetensors ``lora_adapter_metadata`` (what diffusers
+    builds its LoraConfig from), ``adapter_config.json`` and ``wan2_lora.json`` next to the file."""
+    sources = []
+    raw = (file_meta or {}).get("lora_adapter_metadata")
+    if raw:
+        try:
+            meta = json.loads(raw)
+        except (ValueError, RecursionError) as err:
+            raise LoraFileError(
+                f"lora: {str(path)!r}: lora_adapter_metadata is not valid JSON ({err})"
+            ) from None
+        if not isinstance(meta, dict):
+            raise LoraFileError(f"lora: {str(path)!r}: lora_adapter_metadata is not a JSON object")
+        # diffusers keeps the "transformer." entries and builds LoraConfig(**them) (LoraConfig() when none)
+        cfg = {k.removeprefix("transformer."): v for k, v in meta.items() if k.startswith("transformer.")}
+        sources.append(("lora_adapter_metadata", cfg))
+    for name, rank_key in (("adapter_config.json", "r"), ("wan2_lora.json", "rank")):
+        f = path.parent / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_bytes())
+        except (OSError, ValueError, RecursionError) as err:
+            raise LoraFileError(
+                f"lora: {str(path)!r}: {name} next to it is not valid JSON ({type(err).__name__})"
+            ) from None
+        if not isinstance(cfg, dict):
+            raise LoraFileError(f"lora: {str(path)!r}: {name} next to it is not a JSON object")
+        if rank_key in cfg or name == "adapter_config.json":
+            sources.append((name, {"r": cfg.get(rank_key, 8), **{k: v for k, v in cfg.items() if k != "r"}}))
+    return sources
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_config(path: Path, source: str, cfg: dict) -> None:
+    """Refuse metadata diffusers / PEFT would turn into a traceback, a rewritten base or a non-finite scale."""
+    where = f"lora: {str(path)!r}: {source}"
+    r = cfg.get("r", 8)
+    if not (_is_num(r) and r == int(r) and r >= 1):
+        raise LoraFileError(f"{where}: r={r!r} is not a positive integer rank")
+    alpha = cfg.get("lora_alpha", 8)
+    if not _is_num(alpha):
+        raise LoraFileError(f"{where}: lora_alpha={alpha!r} is not a finite number")
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = cfg.get(key) or {}
+        if not isinstance(pattern, dict) or not all(_is_num(v) for v in pattern.values()):
+            raise LoraFileError(f"{where}: {key} must map module names to finite numbers")
+    if source == "wan2_lora.json":
+        return
+    for key, allowed in _PLAIN_LORA.items():
+        if key in cfg and cfg[key] not in allowed:
+            raise LoraFileError(f"{where}: {key}={cfg[key]!r} is not a plain LoRA (allowed {list(allowed)})")
+    if source == "lora_adapter_metadata":
+        try:
+            LoraConfig(**cfg)
+        except Exception as err:  # noqa: BLE001  (unknown keys: TypeError; bad values: ValueError)
+            msg = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise LoraFileError(f"{where}: not a valid LoraConfig ({msg})") from None
+
+
+def _rank_from(cfg: dict, module: str) -> int:
+    """The rank ``cfg`` gives ``module``: a matching ``rank_pattern`` entry (PEFT's suffix match), else ``r``."""
+    for pattern, r in (cfg.get("rank_pattern") or {}).items():
+        try:
+            if re.fullmatch(rf"(.*\.)?{pattern.lstrip('^')}", module):
+                return int(r)
+        except re.error:
+            continue
+    return int(cfg.get("r", 8))
+
+
+def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]:
+    """Refuse, in one line naming the file and key, a file that is not a diffusers LoRA for ``transformer``:
+    unreadable / truncated / absurd header, a key that is not ``transformer.<module>.lora_[AB].weight``, a
+    non-float or non-2-D tensor, a module this base lacks or whose Linear shape differs, lora_A without lora_B,
+    A and B of different ranks, a rank the metadata contradicts, NaN / Inf values. Returns the shapes."""
+    path = _lora_weight_file(path)
+    name = repr(str(path))
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            file_meta = f.metadata()
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+            dtypes = {k: s.get_dtype() for k, s in slices.items()}
     except Exception as err:  # noqa: BLE001  (safetensors raises several kinds)
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
         raise LoraFileError(
-            f"lora: {str(path)!r} is not a readable safetensors file ({type(err).__name__})"
-        ) from err
-    lora_keys = [k for k in shapes if re.search(r"\.lora_[AB]\.weight$", k)]
-    if not lora_keys:
-        raise LoraFileError(f"lora: {str(path)!r} holds no lora_A / lora_B weights: not a LoRA file")
+            f"lora: {name} is not a readable safetensors file ({type(err).__name__}: {detail})"
+        ) from None
+    if not any(_KEY.match(k) for k in shapes):
+        raise LoraFileError(f"lora: {name} holds no transformer.*.lora_A / lora_B weights: not a LoRA file")
     modules = dict(transformer.named_modules())
-    for key in lora_keys:
-        name = re.sub(r"^transformer\.", "", key).rsplit(".lora_", 1)[0]
-        mod = modules.get(name) or modules.get(name + ".base_layer")
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key in sorted(shapes):
+        m = _KEY.match(key)
+        if m is None:
+            raise LoraFileError(
+                f"lora: {name}: key {key!r} is not a transformer.<module>.lora_A/lora_B.weight (diffusers LoRA)"
+            )
+        if dtypes[key] not in _FLOAT_DTYPES:
+            raise LoraFileError(f"lora: {name}: {key} has dtype {dtypes[key]}, a LoRA weight is float")
+        shape = shapes[key]
+        if len(shape) != 2:
+            raise LoraFileError(f"lora: {name}: {key} has shape {shape}, a LoRA weight is a 2-D matrix")
+        module, ab = m["module"], m["ab"]
+        mod = modules.get(module) or modules.get(module + ".base_layer")
         base = getattr(mod, "base_layer", mod)
         if not isinstance(base, torch.nn.Linear):
-            raise LoraFileError(f"lora: {str(path)!r} targets {name!r}, which this base model does not have")
-        shape = shapes[key]
-        want = base.in_features if ".lora_A." in key else base.out_features
-        got = shape[1] if ".lora_A." in key else shape[0]
+            raise LoraFileError(
+                f"lora: {name}: {key} targets {module!r}, which this base model does not have"
+            )
+        want = base.in_features if ab == "A" else base.out_features
+        got = shape[1] if ab == "A" else shape[0]
         if got != want:
             raise LoraFileError(
-                f"lora: {str(path)!r} was made for a different base: {key} has shape {shape}, "
-                f"this model's {name} needs {'in' if '.lora_A.' in key else 'out'}_features={want}"
+                f"lora: {name} was made for a different base: {key} has shape {shape}, "
+                f"this model's {module} needs {'in' if ab == 'A' else 'out'}_features={want}"
             )
+        pairs.setdefault(module, {})[ab] = shape
+    configs = _metadata_configs(path, file_meta)
+    for source, cfg in configs:
+        _check_config(path, source, cfg)
+    for module, ab in pairs.items():
+        if "A" not in ab or "B" not in ab:
+            have, lack = ("A", "B") if "A" in ab else ("B", "A")
+            raise LoraFileError(
+                f"lora: {name}: transformer.{module}.lora_{have}.weight has no lora_{lack}.weight: half an adapter"
+            )
+        rank = ab["A"][0]
+        if ab["B"][1] != rank:
+            raise LoraFileError(
+                f"lora: {name}: transformer.{module}.lora_B.weight has rank {ab['B'][1]}, "
+                f"its lora_A.weight rank {rank}"
+            )
+        for source, cfg in configs:
+            said = _rank_from(cfg, module)
+            if said != rank:
+                raise LoraFileError(
+                    f"lora: {name}: transformer.{module}.lora_A.weight has rank {rank}, {source} says {said}"
+                )
+    with safe_open(str(path), framework="pt") as f:  # values last: one tensor in memory at a time
+        for key in sorted(shapes):
+            if not bool(torch.isfinite(f.get_tensor(key)).all()):
+                raise LoraFileError(f"lora: {name}: {key} holds NaN or Inf values; refused")
     return shapes
