@@ -306,5 +306,5 @@ def test_generate_subprocess_nan_lora_exit_2_and_diverging_lora_no_black_mp4(tmp
     huge = _huge(tmp_path / "huge")
     proc = _run([*common, "--prompt", "a new gold row enters", "--lora", str(huge)], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "line 1: failed: frames: video 0 of 1" in proc.stderr
+    assert "line 1: failed: frames: NaN / Inf" in proc.stderr
     assert not list(out.glob("*.mp4")) and not (out / "manifest.jsonl").exists()

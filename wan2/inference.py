@@ -23,7 +23,7 @@ import torch
 
 from wan2.backbones.stack import WanBackbone, load_backbone
 from wan2.data.video import save_gif, write_mp4
-from wan2.lora.adapters import WEIGHT_NAME, LoraFileError, check_lora_file, lora_component
+from wan2.lora.adapters import WEIGHT_NAME, LoraFileError, check_lora_file, inspect_lora_file, lora_component
 from wan2.rollout import assign_variant  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,15 @@ class Wan2T2V:
         """Load ``path`` (a diffusers WanPipeline folder); ``lora``: one or more LoRA files or folders."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype: {dtype!r} is not one of {list(DTYPES)}")
+        loras = [] if not lora else lora if isinstance(lora, (list, tuple)) else [lora]
+        for f in loras:  # a bad LoRA file is refused before the (possibly large) model loads
+            inspect_lora_file(f)
         backbone = load_backbone(path, torch_dtype=DTYPES[dtype])
         if backbone.vae is not None and backbone.vae.dtype != torch.float32:
             backbone.vae.to(torch.float32)  # decode in fp32, as the Wan 2.2 model cards advise
         model = cls(backbone, device=device)
-        if lora:
-            model.load_loras(lora if isinstance(lora, (list, tuple)) else [lora], lora_scales)
+        if loras:
+            model.load_loras(loras, lora_scales)
         return model
 
     # -- LoRA -------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from wan2.lora.adapters import (  # noqa: F401
     LoraFileError,
     add_lora,
     check_lora_file,
+    inspect_lora_file,
     lora_config,
     save_lora,
     target_regex,

@@ -230,11 +230,11 @@ def _rank_from(cfg: dict, module: str) -> int:
     return int(cfg.get("r", 8))
 
 
-def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]:
-    """Refuse, in one line naming the file and key, a file that is not a diffusers LoRA for ``transformer``:
-    unreadable / truncated / absurd header, a key that is not ``transformer.<module>.lora_[AB].weight``, a
-    non-float or non-2-D tensor, a module this base lacks or whose Linear shape differs, lora_A without lora_B,
-    A and B of different ranks, a rank the metadata contradicts, NaN / Inf values. Returns the shapes."""
+def inspect_lora_file(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Everything about a LoRA file that needs no model, checked before one loads (one line naming the file
+    and key): readable header of a sane size, only ``transformer.<module>.lora_[AB].weight`` keys, float 2-D
+    tensors, lora_A and lora_B of one rank per module, a rank and settings the metadata agrees with, finite
+    values. Returns ``{key: shape}``."""
     path = _lora_weight_file(path)
     name = repr(str(path))
     try:
@@ -250,7 +250,6 @@ def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]
         ) from None
     if not any(_KEY.match(k) for k in shapes):
         raise LoraFileError(f"lora: {name} holds no transformer.*.lora_A / lora_B weights: not a LoRA file")
-    modules = dict(transformer.named_modules())
     pairs: dict[str, dict[str, tuple[int, ...]]] = {}
     for key in sorted(shapes):
         m = _KEY.match(key)
@@ -260,24 +259,9 @@ def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]
             )
         if dtypes[key] not in _FLOAT_DTYPES:
             raise LoraFileError(f"lora: {name}: {key} has dtype {dtypes[key]}, a LoRA weight is float")
-        shape = shapes[key]
-        if len(shape) != 2:
-            raise LoraFileError(f"lora: {name}: {key} has shape {shape}, a LoRA weight is a 2-D matrix")
-        module, ab = m["module"], m["ab"]
-        mod = modules.get(module) or modules.get(module + ".base_layer")
-        base = getattr(mod, "base_layer", mod)
-        if not isinstance(base, torch.nn.Linear):
-            raise LoraFileError(
-                f"lora: {name}: {key} targets {module!r}, which this base model does not have"
-            )
-        want = base.in_features if ab == "A" else base.out_features
-        got = shape[1] if ab == "A" else shape[0]
-        if got != want:
-            raise LoraFileError(
-                f"lora: {name} was made for a different base: {key} has shape {shape}, "
-                f"this model's {module} needs {'in' if ab == 'A' else 'out'}_features={want}"
-            )
-        pairs.setdefault(module, {})[ab] = shape
+        if len(shapes[key]) != 2:
+            raise LoraFileError(f"lora: {name}: {key} has shape {shapes[key]}, a LoRA weight is a 2-D matrix")
+        pairs.setdefault(m["module"], {})[m["ab"]] = shapes[key]
     configs = _metadata_configs(path, file_meta)
     for source, cfg in configs:
         _check_config(path, source, cfg)
@@ -287,7 +271,7 @@ def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]
             raise LoraFileError(
                 f"lora: {name}: transformer.{module}.lora_{have}.weight has no lora_{lack}.weight: half an adapter"
             )
-        rank = ab["A"][0]
+        rank = ab["A"][0]  # A (rank, in_features), B (out_features, rank)
         if ab["B"][1] != rank:
             raise LoraFileError(
                 f"lora: {name}: transformer.{module}.lora_B.weight has rank {ab['B'][1]}, "
@@ -303,4 +287,29 @@ def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]
         for key in sorted(shapes):
             if not bool(torch.isfinite(f.get_tensor(key)).all()):
                 raise LoraFileError(f"lora: {name}: {key} holds NaN or Inf values; refused")
+    return shapes
+
+
+def check_lora_file(path: str | Path, transformer) -> dict[str, tuple[int, ...]]:
+    """``inspect_lora_file``, then the fit to ``transformer``: every key names one of its Linear layers, with
+    that layer's in_features (lora_A) and out_features (lora_B). Returns ``{key: shape}``."""
+    shapes = inspect_lora_file(path)
+    name = repr(str(_lora_weight_file(path)))
+    modules = dict(transformer.named_modules())
+    for key in sorted(shapes):
+        m = _KEY.match(key)
+        module, ab = m["module"], m["ab"]
+        mod = modules.get(module) or modules.get(module + ".base_layer")
+        base = getattr(mod, "base_layer", mod)
+        if not isinstance(base, torch.nn.Linear):
+            raise LoraFileError(
+                f"lora: {name}: {key} targets {module!r}, which this base model does not have"
+            )
+        want = base.in_features if ab == "A" else base.out_features
+        got = shapes[key][1] if ab == "A" else shapes[key][0]
+        if got != want:
+            raise LoraFileError(
+                f"lora: {name} was made for a different base: {key} has shape {shapes[key]}, "
+                f"this model's {module} needs {'in' if ab == 'A' else 'out'}_features={want}"
+            )
     return shapes
