@@ -79,9 +79,21 @@ def _event_lines(path: Path):
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte order mark
             try:
-                yield n, raw.decode("utf-8"), None
+                yield n, raw.rstrip(b"\r\n").decode("utf-8"), None
             except UnicodeDecodeError as err:
                 yield n, None, f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1})"
+
+
+def _parse_json(text: str):
+    """One event line as JSON; a ValueError that says why not (deep nesting included)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise ValueError("not JSON we accept: nested too deep") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"not JSON we accept: {_one_line(err)}") from None
 
 
 def _user_field(event: dict, key: str):
@@ -123,7 +135,7 @@ def read_items(args) -> tuple[list[dict], list[str]]:
         try:
             if problem is not None:
                 raise ValueError(problem)
-            event = json.loads(text)  # deep nesting: RecursionError, skipped like any other bad line
+            event = _parse_json(text)
             prompt = event_to_prompt(
                 event, tone=args.tone, style=args.style, rows=rows
             )  # non-object: ValueError
@@ -218,6 +230,10 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--seed must be in 0 .. 2**32 - 1")
     if not 0.0 <= args.rollout <= 1.0:
         p.error("--rollout must be in [0, 1]")
+    from wan2.prompts import TONES
+
+    if args.tone is not None and args.tone not in TONES:
+        p.error(f"--tone: {args.tone!r} is not one of {sorted(TONES)}")
     if args.ab and not args.events:
         p.error("--ab needs --events (each event's user_id picks the variant)")
     if any(not math.isfinite(s) for s in args.lora_scale or []):

@@ -62,13 +62,13 @@ def _line(**changes) -> bytes:
 BAD_LINES = {
     b'\xff\xfe{"event": "rank_up"}': "not UTF-8",
     b'{"event": "rank_up", "old_rank": 3, "new_rank": 2, "user": "caf\xe9"}': "not UTF-8",  # latin-1
-    b"[" * 100_000: "recursion",
-    b'{"a":' * 100_000: "recursion",
+    b"[" * 100_000: "nested too deep",
+    b'{"a":' * 100_000: "nested too deep",
     b"[1, 2]": "expected a JSON object, got list",
     b'"rank_up"': "expected a JSON object, got str",
     b"42": "expected a JSON object, got int",
     b"null": "expected a JSON object, got NoneType",
-    b'{"event": "rank_up"': "Expecting",
+    b'{"event": "rank_up"': "not JSON: Expecting ',' delimiter at column 20",
     b"\x00\x00\x00": "Expecting value",
     b'{"event": "' + b"x" * (2 << 20) + b'"}': "over the 1048576-byte limit",
     _line(old_rank=float("nan")): "old_rank: nan is not an integer rank",
