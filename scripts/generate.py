@@ -18,11 +18,9 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
 MAX_LINE_BYTES = 1 << 20  # an event is a few hundred bytes; a longer line is skipped without being parsed
@@ -194,12 +192,7 @@ def prepare_out(out: Path, overwrite: bool):
         if out.exists() and not out.is_dir():
             raise InputError(f"--out: {str(out)!r} exists and is not a folder")
         out.mkdir(parents=True, exist_ok=True)
-        lock = (out / ".generate.lock").open("w")
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except InputError:
-        raise
+        lock = (out / ".generate.lock").open("w")  # also proves the folder is writable
     except OSError as err:
         raise InputError(
             f"--out: {str(out)!r}: cannot write there ({err.strerror or _one_line(err)})"
@@ -209,10 +202,14 @@ def prepare_out(out: Path, overwrite: bool):
     except OSError:
         lock.close()
         raise InputError(f"--out: {str(out)!r}: another generate.py run is writing into it") from None
-    names = [p.name for p in out.iterdir()]
-    for name in names:
-        if LEFTOVER.match(name):
-            (out / name).unlink(missing_ok=True)
+    try:
+        names = [p.name for p in out.iterdir()]
+        for name in names:
+            if LEFTOVER.match(name):
+                (out / name).unlink(missing_ok=True)
+    except OSError as err:
+        lock.close()
+        raise InputError(f"--out: {str(out)!r}: cannot list it ({err.strerror or _one_line(err)})") from None
     videos = [n for n in names if VIDEO_NAME.match(n)]
     if (videos or "manifest.jsonl" in names) and not overwrite:
         lock.close()
@@ -321,7 +318,12 @@ def run(args, earlier: list[dict]) -> int:
             for r in earlier
             if Path(r["path"]).name not in written and (out / Path(r["path"]).name).is_file()
         ]
-        atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in [*keep, *rows]))
+        try:
+            atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in [*keep, *rows]))
+        except OSError as err:  # e.g. a full disk: the previous manifest stays whole
+            raise InputError(
+                f"--out: cannot write manifest.jsonl ({err.strerror or _one_line(err)})"
+            ) from None
 
     bar = None  # made once a model has loaded: a refused model or LoRA prints one line only
     for variant, model_dir in variants.items():
