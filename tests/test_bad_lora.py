@@ -205,6 +205,7 @@ CASES = {
         ["adapter_config.json says 8"],
     ),
     "adapter_config_invalid": (_sidecar("adapter_config.json", "[" * 100_000), ["adapter_config.json"]),
+    "wan2_lora_invalid": (_sidecar("wan2_lora.json", "[" * 100_000), ["wan2_lora.json"]),
     "wan2_lora_rank": (_sidecar("wan2_lora.json", json.dumps({"rank": 16})), ["wan2_lora.json says 16"]),
     "keys_without_prefix": (_keys_without_prefix, ["not a LoRA"]),
     "extra_base_weight": (_extra_base_weight, [f"{KEY}.weight", "is not a transformer.<module>.lora_A"]),

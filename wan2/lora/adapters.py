@@ -109,8 +109,8 @@ def lora_component(path: str | Path) -> str:
     meta = (path if path.is_dir() else path.parent) / "wan2_lora.json"
     try:
         component = json.loads(meta.read_text()).get("component") if meta.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        component = None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        component = None  # check_lora_file reports an unreadable wan2_lora.json
     return "transformer_2" if component == "transformer_2" else "transformer"
 
 
