@@ -133,3 +133,31 @@ def test_checks_accept_the_shipped_config():
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         for args in ([], overrides):
             check_eval_config(compose("eval", overrides=args))
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"num_inference_steps": "ten"}', "num_inference_steps 'ten' is not an int >= 1"),
+        ('{"guidance_scale": -1}', "guidance_scale -1 is not a positive number"),
+    ],
+)
+def test_invalid_wan2_json_of_an_export_is_one_line(tmp_path, capsys, text, says):
+    from hydra import compose, initialize_config_dir
+
+    import wan2.config_resolvers  # noqa: F401
+    from wan2.eval.run import main
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model_index.json").write_text("{}")
+    (export / "wan2.json").write_text(text)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt={export}", f"out={tmp_path / 'out'}", "logger=none"])
+    assert main(cfg) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.startswith("note: ")]
+    assert len(err) == 1 and err[0].startswith(f"error: ckpt: {export / 'wan2.json'}: ") and says in err[0], (
+        err
+    )

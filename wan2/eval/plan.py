@@ -52,9 +52,18 @@ class Plan:
 
 
 def read_wan2_json(ckpt: str) -> dict:
-    """An export's ``wan2.json`` (sampling settings, geometry), {} when absent: the one place evaluation reads it."""
+    """An export's ``wan2.json`` (sampling settings, geometry), {} when absent: the one place evaluation reads
+    it (the typed reader of wan2.backbones can replace this body). Not a JSON object: one line."""
     f = Path(ckpt) / "wan2.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        meta = json.loads(f.read_text("utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(f"ckpt: {f}: not JSON ({str(err).splitlines()[0][:80]})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"ckpt: {f}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def _check_export(key: str, path) -> str:
@@ -115,12 +124,16 @@ def _gen_params(cfg, ckpt: str) -> dict:
         k: meta[k]
         for k in ("num_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale", "rows")
     }
+    for k in ("num_frames", "height", "width", "num_inference_steps", "rows"):  # wan2.json values too
+        if not (isinstance(gen[k], int) and not isinstance(gen[k], bool) and gen[k] >= 1):
+            raise ConfigError(f"ckpt: {Path(ckpt) / 'wan2.json'}: {k} {gen[k]!r} is not an int >= 1")
+    for k in ("fps", "guidance_scale"):
+        if not (isinstance(gen[k], int | float) and not isinstance(gen[k], bool) and 0 < gen[k] < 1e6):
+            raise ConfigError(f"ckpt: {Path(ckpt) / 'wan2.json'}: {k} {gen[k]!r} is not a positive number")
     for k in ("num_frames", "num_inference_steps", "guidance_scale"):
         if cfg.get(k) is not None:
-            gen[k] = cfg[k]
+            gen[k] = cfg[k]  # checked by wan2.eval.config
     steps, guidance = int(gen["num_inference_steps"]), float(gen["guidance_scale"])
-    if steps < 1:
-        raise ConfigError(f"num_inference_steps: {steps} is below 1")
     gen["nfe"] = steps * 2 if guidance > 1.0 else steps  # WanPipeline runs cond + uncond per step under CFG
     return gen
 
