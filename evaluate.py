@@ -4,11 +4,14 @@ See configs/eval.yaml. Writes ``out/report.json`` and ``out/report.html``; a bad
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 import wan2.config_resolvers  # noqa: F401  (registers ${wan2.latest_export:...})
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def shorthand(args: list[str]) -> list[str]:
@@ -28,11 +31,24 @@ def shorthand(args: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from wan2.evaluation import main as evaluate
+    from wan2.config_check import ConfigError
+    from wan2.eval.config import check_eval_config
+
+    try:  # before torch is imported: a bad value fails in about a second
+        check_eval_config(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    from wan2.eval.run import main as evaluate
 
     sys.exit(evaluate(cfg))
 
 
 if __name__ == "__main__":
     sys.argv[1:] = shorthand(sys.argv[1:])
+    from wan2.eval.config import override_problem
+
+    if (problem := override_problem(sys.argv[1:], CONFIGS)) is not None:  # an unknown key: one line
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

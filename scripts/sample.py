@@ -32,7 +32,8 @@ def main(argv=None) -> int:
 
     from wan2.backbones.stack import BackboneError, load_backbone
     from wan2.data.rankjump import RankJump, RankJumpConfig
-    from wan2.lightning.judging import judge_batch, save_samples
+    from wan2.eval.judge import judge
+    from wan2.eval.report import save_samples
     from wan2.sampling import sample_videos
 
     try:
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         )
         print(f"sampled {min(i + args.batch, len(clips))}/{len(clips)}", file=sys.stderr)
     video = torch.cat(videos)
-    scores = judge_batch(video, [c.meta for c in clips])
+    scores = judge(video, [c.meta for c in clips])
     scores |= {
         "num_videos": len(clips),
         "steps": steps,

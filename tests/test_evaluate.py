@@ -21,7 +21,8 @@ from hydra import compose, initialize_config_dir
 import wan2.config_resolvers  # noqa: F401
 from wan2.data.rankjump import EVENTS, TEMPLATES, RankJump, RankJumpConfig, caption_for
 from wan2.data.video import write_mp4
-from wan2.evaluation import main, meta_from_prompt
+from wan2.eval.requests import meta_from_prompt
+from wan2.eval.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "pretrained" / "wan_tiny_base"
@@ -374,7 +375,7 @@ def test_compare_runs_each_model_at_its_own_steps_and_guidance(tmp_path):
 
 def test_compare_notes_when_the_sides_decode_with_different_vaes(tmp_path):
     """The trap behind an earlier wrong RJ-FD gap: a student exported with an older VAE than its teacher's."""
-    from wan2.evaluation import Side, vae_fingerprint, vae_mismatch_note
+    from wan2.eval.plan import Side, vae_fingerprint, vae_mismatch_note
 
     other = tmp_path / "other"
     shutil.copytree(BASE, other)

@@ -107,6 +107,12 @@ def test_experiment_run_folder(runner, name):
         for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
             assert (export / sub).is_dir(), sub
 
+    if name in (
+        "vae_tiny",
+        "pretrain_tiny",
+    ):  # validation scored by the one judge (wan2.eval.judge), val/ prefix
+        assert 0.0 <= saved["val/rank_trajectory/accuracy"] <= 1.0 and "val/colour/accuracy" in saved
+
     sheets = list((out / "samples").glob("step_*/contact_sheet.png"))
     assert sheets, f"no samples/step_*/contact_sheet.png in {out}"
 

@@ -15,12 +15,6 @@ def frames_to_video(frames) -> torch.Tensor:
     return rearrange(x, "f h w c -> c f h w")
 
 
-def video_to_frames(video: torch.Tensor):
-    """float (3, F, H, W) in [-1, 1] -> uint8 numpy (F, H, W, 3)."""
-    x = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(x, "c f h w -> f h w c").numpy()
-
-
 class RankJumpVideoDataset(Dataset):
     """RankJump as training samples: ``{"video": (3, F, H, W) in [-1, 1], "caption": str, "meta": dict, "index"}``.
 

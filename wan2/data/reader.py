@@ -20,11 +20,11 @@ MIN_PIXELS_FRAC = 0.004  # of the frame area; fewer highlight pixels means "no h
 def to_uint8_frames(frames) -> np.ndarray:
     """Accept (F, H, W, 3) uint8, float in [0, 1], or a torch (C, F, H, W) tensor in [-1, 1]."""
     if hasattr(frames, "detach"):
-        x = frames.detach().float().cpu().numpy()
-        if x.ndim == 4 and x.shape[0] == 3:  # (C, F, H, W) in [-1, 1]
-            x = np.transpose(x, (1, 2, 3, 0))
-            x = (x + 1.0) * 0.5
-        frames = x
+        if frames.ndim == 4 and frames.shape[0] == 3:  # (C, F, H, W) in [-1, 1]
+            from wan2.data.video import tensor_to_frames  # the one [-1, 1] -> uint8 conversion
+
+            return tensor_to_frames(frames)
+        frames = frames.detach().float().cpu().numpy()
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         frames = np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -16,7 +16,8 @@ import torch
 
 class QuickEval(L.Callback):
     """Every ``every_n_steps`` optimizer steps (rank 0): sample ``num_prompts`` RankJump prompts of ``split``
-    with ``num_inference_steps`` steps and log ``quick_eval/{traj_acc,colour_acc,flicker}``."""
+    with ``num_inference_steps`` steps and log the one judge's keys (``wan2.eval.judge``) under ``quick_eval/``:
+    ``quick_eval/rank_trajectory/accuracy``, ``quick_eval/colour/accuracy``, ``quick_eval/flicker/score``, ..."""
 
     def __init__(
         self,
@@ -51,8 +52,7 @@ class QuickEval(L.Callback):
     def evaluate(self, pl_module, rj_cfg=None) -> dict[str, float]:
         """Sample the prompts with the module's (EMA) weights in eval mode, then restore every train flag."""
         from wan2.data.rankjump import RankJump, RankJumpConfig
-        from wan2.metrics.motion import in_domain_metrics
-        from wan2.metrics.temporal import temporal_flickering, uint8_videos
+        from wan2.eval.judge import judge
         from wan2.sampling import sample_videos
 
         rj = RankJump(rj_cfg or RankJumpConfig(), self.split, self.num_prompts)
@@ -78,10 +78,4 @@ class QuickEval(L.Callback):
         finally:
             for m, was in flags.items():
                 m.training = was
-        frames = uint8_videos(video)  # (B, F, H, W, 3)
-        res = in_domain_metrics(frames, [c.meta for c in clips])
-        return {
-            "quick_eval/traj_acc": res["rank_trajectory"]["accuracy"],
-            "quick_eval/colour_acc": res["colour_adherence"]["accuracy"],
-            "quick_eval/flicker": temporal_flickering(frames)["mean"],
-        }
+        return {f"quick_eval/{k}": v for k, v in judge(video, [c.meta for c in clips]).items()}

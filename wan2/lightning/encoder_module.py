@@ -115,7 +115,7 @@ class EncoderModule(L.LightningModule):
     @torch.no_grad()
     def _save_samples(self, batch, n: int = 4) -> None:
         """``samples/step_N``: clips with their captions and text-video scores (contact sheet, mp4s)."""
-        from wan2.lightning.judging import save_samples
+        from wan2.eval.report import save_samples
 
         video, caps = batch["video"][:n], batch["caption"][:n]
         scores = 100 * (self.encoder.encode_video(video) * self.encoder.encode_text(caps)).sum(1)

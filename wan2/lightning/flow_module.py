@@ -311,7 +311,7 @@ class FlowMatchingModule(L.LightningModule):
             )
 
     def validation_step(self, batch, batch_idx):
-        from wan2.lightning.judging import judge_batch
+        from wan2.eval.judge import judge
 
         was = self.text_encoder.training
         self.text_encoder.eval()
@@ -320,13 +320,13 @@ class FlowMatchingModule(L.LightningModule):
                 batch["caption"], batch["meta"][0], seed=self.sample_cfg["seed"] + batch_idx
             )
         self.text_encoder.train(was and self.hparams.train_text_encoder)
-        scores = judge_batch(video, batch["meta"])
+        scores = judge(video, batch["meta"])  # rank_trajectory/*, colour/accuracy, flicker/score
         self.log_dict({f"val/{k}": v for k, v in scores.items()}, batch_size=len(batch["caption"]))
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._save_samples(video, batch["caption"], batch["meta"])
 
     def _save_samples(self, video, captions, metas) -> None:
-        from wan2.lightning.judging import save_samples
+        from wan2.eval.report import save_samples
 
         out = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:06d}"
         save_samples(video, captions, out, fps=metas[0].get("fps", 8))

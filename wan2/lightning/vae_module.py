@@ -66,8 +66,7 @@ class VAEModule(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
-        out = self._losses(batch["video"])
-        out["traj_acc"], out["colour_acc"] = self.reader_accuracy(batch)
+        out = self._losses(batch["video"]) | self.judge_reconstructions(batch)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=len(batch["video"]), sync_dist=True)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._save_samples(batch)
@@ -77,7 +76,7 @@ class VAEModule(L.LightningModule):
         """``samples/step_N``: clips and their reconstructions (contact sheet rows: originals, then recons)."""
         from pathlib import Path
 
-        from wan2.lightning.judging import save_samples
+        from wan2.eval.report import save_samples
 
         video = batch["video"][:n]
         recon = self.vae.decode(self.vae.encode(video).latent_dist.mode(), return_dict=False)[0].clamp(-1, 1)
@@ -87,16 +86,14 @@ class VAEModule(L.LightningModule):
         save_samples(torch.cat([video, recon]), captions, out, fps=batch["meta"][0].get("fps", 8))
 
     @torch.no_grad()
-    def reader_accuracy(self, batch) -> tuple[float, float]:
-        """Share of clips whose trajectory / colour the reader still finds after a VAE round trip."""
-        from wan2.data.datasets import video_to_frames
-        from wan2.data.reader import judge_meta
+    def judge_reconstructions(self, batch) -> dict[str, float]:
+        """The one judge (``wan2.eval.judge``) on VAE round trips: does the reader still find each clip's
+        trajectory and colour? The same keys on every rank (no per-event keys: the log is ``sync_dist``)."""
+        from wan2.eval.judge import judge
 
         z = self.vae.encode(batch["video"]).latent_dist.mode()
-        recon = self.vae.decode(z, return_dict=False)[0]
-        verdicts = [judge_meta(video_to_frames(v), m) for v, m in zip(recon, batch["meta"])]
-        n = len(verdicts)
-        return (sum(v["trajectory_ok"] for v in verdicts) / n, sum(v["colour_ok"] for v in verdicts) / n)
+        recon = self.vae.decode(z, return_dict=False)[0]  # (B, 3, F, H, W)
+        return judge(recon, batch["meta"], per_event=False)
 
     def export(self, out_dir, datamodule=None) -> dict:
         """Fit the latent statistics on training clips, then write ``export/vae`` (diffusers format)."""

@@ -1,4 +1,5 @@
-"""Video metrics: Frechet distance, FVD (I3D), CLIPSIM, VBench-style flicker and in-domain RankJump metrics.
+"""Video metrics: Frechet distance, FVD (I3D), CLIPSIM, VBench-style flicker and the in-domain RankJump encoder
+(the reader's trajectory / colour verdicts are scored by the one judge, wan2.eval.judge).
 
 No Lightning imports here: these functions run on plain arrays/tensors. Networks that need pretrained weights
 (I3D, CLIP) take local paths and fail clearly without them; tests use randomly initialised networks saved in the

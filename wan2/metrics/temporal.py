@@ -23,8 +23,9 @@ def uint8_videos(videos) -> np.ndarray:
         return x
     if x.shape[1] != 3:
         raise ValueError(f"videos: float videos must be (N, 3, F, H, W) in [-1, 1], got {x.shape}")
-    x = np.round((np.clip(x.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 4, 1)))  # (N, F, H, W, 3)
+    from wan2.data.video import tensor_to_frames  # the one [-1, 1] -> uint8 conversion
+
+    return np.ascontiguousarray(tensor_to_frames(torch.from_numpy(x)))  # (N, F, H, W, 3)
 
 
 def temporal_flickering(videos) -> dict:

@@ -1,13 +1,16 @@
-"""The evaluation report people look at: contact sheets (PNG), inline SVG plots and one self-contained HTML file.
+"""What people look at: contact sheets (PNG), sample folders, inline SVG plots and report.html.
 
-No plotting library: bar charts and CI whiskers are a few SVG rectangles and lines written here.
+No plotting library: bar charts and CI whiskers are a few SVG rectangles and lines written here. Every string
+that reaches the HTML is escaped, and a video is linked only by a relative path inside the report folder.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -15,25 +18,50 @@ PASS, FAIL, UNKNOWN = (40, 200, 70), (230, 50, 50), (120, 120, 120)
 COLOURS = ("#4e79a7", "#f28e2b")  # A, B (or the single model)
 
 
-# ----------------------------------------------------------------------------- contact sheets
+# ----------------------------------------------------------------------------- contact sheets and samples
 
 
 def contact_sheet(
-    videos: np.ndarray, marks: list[tuple[int, int, int]], max_frames: int = 9, scale: int = 3
+    videos, marks: list[tuple[int, int, int]] | None = None, max_frames: int = 9, scale: int = 3
 ) -> np.ndarray:
-    """uint8 (N, F, H, W, 3) -> one row per video of evenly spaced frames, framed in its mark colour; (H', W', 3)."""
+    """Videos (uint8 (N, F, H, W, 3) or float (N, 3, F, H, W) in [-1, 1]) -> one row per video of evenly spaced
+    frames, framed in its mark colour when ``marks`` are given; uint8 (H', W', 3)."""
+    from wan2.metrics.temporal import uint8_videos
+
+    videos = uint8_videos(videos)  # (N, F, H, W, 3)
     rows = []
-    for v, mark in zip(videos, marks):
+    for n, v in enumerate(videos):
         idx = np.linspace(0, len(v) - 1, min(max_frames, len(v))).round().astype(int)
         row = np.concatenate(
             [np.pad(v[i], ((1, 1), (1, 1), (0, 0))) for i in idx], axis=1
         )  # (H+2, k(W+2), 3)
-        framed = np.empty((row.shape[0] + 4, row.shape[1] + 4, 3), np.uint8)
-        framed[:] = mark
-        framed[2:-2, 2:-2] = row
-        rows.append(framed)
+        if marks is not None:
+            framed = np.empty((row.shape[0] + 4, row.shape[1] + 4, 3), np.uint8)
+            framed[:] = marks[n]
+            framed[2:-2, 2:-2] = row
+            row = framed
+        rows.append(row)
     sheet = np.concatenate(rows, axis=0)
     return sheet.repeat(scale, 0).repeat(scale, 1)
+
+
+def save_samples(videos, captions: list[str], out_dir: Path, fps: int = 8) -> None:
+    """``out_dir/contact_sheet.png``, ``captions.txt`` and one mp4 per video (float (B, 3, F, H, W) in
+    [-1, 1] or uint8 (B, F, H, W, 3)): what training validation and scripts/sample.py leave to look at."""
+    from PIL import Image
+
+    from wan2.metrics.temporal import uint8_videos
+
+    frames = uint8_videos(videos)  # (B, F, H, W, 3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(contact_sheet(frames, scale=2)).save(out_dir / "contact_sheet.png")
+    (out_dir / "captions.txt").write_text("\n".join(captions) + "\n")
+    try:
+        from wan2.data.video import write_mp4
+    except ImportError:  # video IO not available: the contact sheet still shows the motion
+        return
+    for i, v in enumerate(frames):
+        write_mp4(v, out_dir / f"{i:02d}.mp4", fps=fps)
 
 
 def write_contact_sheets(
@@ -64,11 +92,24 @@ def write_contact_sheets(
 
 
 def _fmt(x) -> str:
+    """A number or value as HTML-safe text."""
     if x is None:
         return "n/a"
     if isinstance(x, float):
         return f"{x:.4g}"
-    return str(x)
+    return html.escape(str(x))
+
+
+def video_link(file: str, out: Path) -> str:
+    """An escaped link to a video when ``file`` (relative to the report folder ``out``) lies inside it, else
+    the escaped name alone: a name such as ``javascript:alert(1).mp4`` can never become a live link."""
+    name = html.escape(Path(file).name)
+    target = (Path(out) / file).resolve()
+    root = Path(out).resolve()
+    if Path(file).is_absolute() or not target.is_relative_to(root):
+        return name
+    rel = Path(os.path.relpath(target, root)).as_posix()
+    return f'<a href="./{html.escape(quote(rel))}">{name}</a>'
 
 
 def svg_bars(
@@ -98,7 +139,7 @@ def svg_bars(
             x = x0 + s * bar_w
             parts.append(
                 f'<rect x="{x:.1f}" y="{height - bottom - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
-                f'fill="{COLOURS[s % len(COLOURS)]}"><title>{html.escape(_fmt(v))}</title></rect>'
+                f'fill="{COLOURS[s % len(COLOURS)]}"><title>{_fmt(v)}</title></rect>'
             )
             parts.append(
                 f'<text x="{x + bar_w / 2 - 1:.1f}" y="{height - bottom - h - 3:.1f}" text-anchor="middle" '
@@ -164,9 +205,7 @@ def _side_sections(side: dict, out: Path, title: str) -> str:
         [html.escape(k), _fmt(v)] + [_fmt(side["per_event"][e].get(k)) for e in events]
         for k, v in side["summary"].items()
     ]
-    proto = _table(
-        ["protocol", "value"], [[html.escape(k), html.escape(_fmt(v))] for k, v in side["protocol"].items()]
-    )
+    proto = _table(["protocol", "value"], [[html.escape(k), _fmt(v)] for k, v in side["protocol"].items()])
     info = "".join(
         f"<li><b>{html.escape(n)}</b>: {html.escape(str(i))}</li>" for n, i in side["metrics"].items()
     )
@@ -174,15 +213,15 @@ def _side_sections(side: dict, out: Path, title: str) -> str:
     sheets = "".join(
         f"<div><b>{html.escape(n)}</b> (rows top to bottom; green frame: trajectory read right, red: wrong)<br>"
         f"{_img(out / s['file'])}<ol class='note'>"
-        + "".join(f"<li>{html.escape(side['videos'][i]['prompt'])}</li>" for i in s["videos"])
+        + "".join(f"<li>{html.escape(str(side['videos'][i]['prompt']))}</li>" for i in s["videos"])
         + "</ol></div>"
         for n, s in side["contact_sheets"].items()
     )
     keys = [k for k in side["summary"] if side["videos"] and k in side["videos"][0]]
     vrows = [
         [
-            f'<a href="{html.escape(r["file"])}">{html.escape(Path(r["file"]).name)}</a>',
-            html.escape(r["prompt"]),
+            video_link(r["file"], out),
+            html.escape(str(r["prompt"])),
             _fmt(r["seed"]),
             _fmt(r["event"]),
         ]
@@ -220,7 +259,7 @@ def render_html(report: dict, out: Path) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>wan2 evaluation</title>"
         f"<style>{STYLE}</style></head><body><h1>wan2 evaluation ({html.escape(report['mode'])})</h1>"
         f"<p class='note'>In-domain metrics (rank_trajectory, colour, indomain) read RankJump videos with the "
-        f"repo's own reader / encoder; they are not FVD or CLIPScore. {report['seconds']} s.</p>"
+        f"repo's own reader / encoder; they are not FVD or CLIPScore. {_fmt(report['seconds'])} s.</p>"
     ]
     if report["mode"] == "compare":
         rows = []
