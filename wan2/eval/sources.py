@@ -80,7 +80,7 @@ def generate(side: Side, items: list[dict], gen: dict, out_dir: Path, cfg) -> Ev
 
     from wan2.backbones.stack import BackboneError
     from wan2.export import atomic_write_text
-    from wan2.inference import Wan2T2V, save_video
+    from wan2.inference import NonFiniteVideoError, Wan2T2V, save_video
     from wan2.lora.adapters import LoraFileError
 
     diffusers_logging.disable_progress_bar()  # loading bars; ours below counts videos
@@ -105,9 +105,16 @@ def generate(side: Side, items: list[dict], gen: dict, out_dir: Path, cfg) -> Ev
     with tqdm(total=len(items), unit="video", desc=f"generate {side.label}", file=sys.stderr) as bar:
         for i in range(0, len(items), batch):
             chunk = items[i : i + batch]
-            videos = model.generate(
-                [it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk], fps=gen["fps"], **kwargs
-            )
+            try:
+                videos = model.generate(
+                    [it["prompt"] for it in chunk],
+                    seed=[it["seed"] for it in chunk],
+                    fps=gen["fps"],
+                    **kwargs,
+                )
+            except NonFiniteVideoError as err:  # a diverged model / LoRA: no score from black videos
+                what = f"{side.ckpt}" + (f" with lora {side.lora}" if side.lora else "")
+                raise ConfigError(f"{side.label}: {what} generated non-finite frames ({err})") from None
             for j, (it, v) in enumerate(zip(chunk, videos)):
                 path = save_video(v, vid_dir / f"{i + j:05d}.mp4")
                 frames.append(v.frames)
