@@ -292,6 +292,21 @@ def test_lora_for_another_base_is_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "out" / "videos").exists()
 
 
+def test_diverging_lora_is_one_line_not_scores_of_black_videos(tmp_path, capsys):
+    """Finite LoRA weights of 1e30 pass every file check but overflow the activations: one line, no report."""
+    from safetensors.torch import load_file, save_file
+
+    shipped = ROOT / "pretrained" / "lora_rankup"
+    huge = tmp_path / "huge"
+    shutil.copytree(shipped, huge)
+    for f in huge.rglob("*.safetensors"):
+        save_file({k: torch.full_like(v, 1e30) for k, v in load_file(f).items()}, f)
+    assert main(config(tmp_path / "out", f"ckpt={BASE}", f"lora={huge}", *QUICK)) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "non-finite frames" in err[0], err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
 class StandInI3D(torch.nn.Module):
     """Cheap network with the StyleGAN-V TorchScript I3D call signature: (B, 3, T, 224, 224) -> (B, 400)."""
 
