@@ -169,7 +169,7 @@ def _duration_ok(v) -> bool:
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # the backbone loader says why, in one line
         return {}
     return data if isinstance(data, dict) else {}
 
