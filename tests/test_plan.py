@@ -320,3 +320,23 @@ def test_main_refuses_bad_values_in_one_line(capsys, args, key):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), err
+
+
+def test_plan_of_a_pretrained_folder_needs_its_configs_only(tmp_path):
+    """``model.pretrained`` is planned from the folder's component configs through ``wan2.backbones`` (the one
+    loader, vetted): a copy without weights plans like the real export; a hostile folder is one line."""
+    import shutil
+
+    from wan2.backbones.files import BackboneError
+
+    base = ROOT / "pretrained" / "wan_tiny_base"
+    configs = tmp_path / "configs_only"
+    shutil.copytree(base, configs, ignore=shutil.ignore_patterns("*.safetensors"))
+    real = P.plan_from_config(compose_cfg([f"model.pretrained={base}"]))
+    bare = P.plan_from_config(compose_cfg([f"model.pretrained={configs}"]))
+    assert bare["params"] == real["params"] and bare["memory_gib"] == real["memory_gib"]
+    assert bare["workload"]["text_len"] == 32
+    index = json.loads((configs / "model_index.json").read_text())
+    (configs / "model_index.json").write_text(json.dumps({**index, "vae": ["os", "system"]}))
+    with pytest.raises(BackboneError, match=r"not an allowed class"):
+        P.plan_from_config(compose_cfg([f"model.pretrained={configs}"]))

@@ -16,13 +16,14 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from wan2.backbones.wan_layout import LORA_PRESETS, WAN_LORA_MODULES, WAN_OTHER_MODULES  # torch-free
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what is allowed."""
 
 
 # Mirrors of values that live in modules importing torch; tests/test_bad_configs.py keeps them in step.
-LORA_PRESETS = ("motion", "attention", "all")  # wan2.lora.adapters.TARGET_PRESETS
 LORA_INITS = (True, False, "gaussian", "default")  # wan2.lora.adapters.lora_config(init=...)
 TIMESTEP_MODES = ("logit_normal", "uniform", "grid")  # wan2.diffusion.flow.sample_training_sigmas
 LOSS_WEIGHTINGS = ("none", "bell")  # wan2.lightning.flow_module.FlowMatchingModule
@@ -57,46 +58,6 @@ STRATEGIES = (
 FSDP2_DTYPES = ("bf16", "fp16", "fp32")  # FSDP2Strategy(param_dtype=..., reduce_dtype=...)
 FSDP_STATE_DICT_TYPES = ("full", "sharded")  # lightning.pytorch.strategies.FSDPStrategy(state_dict_type=...)
 TIMEDELTA_KEYS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
-# Every module of a WanTransformer3DModel (block N written once, as blocks.0): those LoRA (PEFT) can wrap and
-# the rest. A target regex must full-match at least one of the first and none of the others (PEFT raises there).
-BLOCK_LINEAR = (
-    "attn1.to_q",
-    "attn1.to_k",
-    "attn1.to_v",
-    "attn1.to_out.0",
-    "attn2.to_q",
-    "attn2.to_k",
-    "attn2.to_v",
-    "attn2.to_out.0",
-    "ffn.net.0.proj",
-    "ffn.net.2",
-)
-_BLOCK_OTHER = ("", ".norm1", ".norm2", ".norm3", ".ffn", ".ffn.net", ".ffn.net.0", ".ffn.net.1") + tuple(
-    f".{a}{s}" for a in ("attn1", "attn2") for s in ("", ".to_out", ".to_out.1", ".norm_q", ".norm_k")
-)
-_EMB = "condition_embedder"
-WAN_LORA_MODULES = (
-    "patch_embedding",
-    f"{_EMB}.time_embedder.linear_1",
-    f"{_EMB}.time_embedder.linear_2",
-    f"{_EMB}.time_proj",
-    f"{_EMB}.text_embedder.linear_1",
-    f"{_EMB}.text_embedder.linear_2",
-    "proj_out",
-) + tuple(f"blocks.0.{m}" for m in BLOCK_LINEAR)
-WAN_OTHER_MODULES = (
-    "rope",
-    _EMB,
-    f"{_EMB}.timesteps_proj",
-    f"{_EMB}.time_embedder",
-    f"{_EMB}.time_embedder.act",
-    f"{_EMB}.act_fn",
-    f"{_EMB}.text_embedder",
-    f"{_EMB}.text_embedder.act_1",
-    "blocks",
-    "norm_out",
-) + tuple(f"blocks.0{m}" for m in _BLOCK_OTHER)
-
 _MISSING = object()
 
 
@@ -208,7 +169,7 @@ def _duration_ok(v) -> bool:
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # the backbone loader says why, in one line
         return {}
     return data if isinstance(data, dict) else {}
 

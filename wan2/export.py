@@ -6,7 +6,6 @@ moment leaves either the previous export or the new one, never a half-written on
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -91,11 +90,17 @@ def export_pipeline(backbone, out_dir: str | Path, sampling: dict | None = None)
     ``text_len`` (pass it as ``max_sequence_length``) and the default steps / guidance / size.
     """
 
+    from wan2.backbones.files import Wan2Json
+
+    # checked before anything is written (typed fields, one-line errors); ``source`` is where a loaded
+    # backbone came from (WanBackbone.extra), not a call convention: never written
+    fields = {k: v for k, v in {"text_len": backbone.text_len, **(sampling or {})}.items() if k != "source"}
+    meta = Wan2Json.from_dict(fields, where="export wan2.json")
+
     def write(d: Path) -> None:
         backbone.pipeline().save_pretrained(d, safe_serialization=True)
-        meta = {"text_len": backbone.text_len, **(sampling or {})}
-        (d / "wan2.json").write_text(json.dumps(meta, indent=2))
-        (d / "README.md").write_text(_model_card(backbone, meta))
+        (d / "wan2.json").write_text(meta.to_json())
+        (d / "README.md").write_text(_model_card(backbone, meta.to_dict()))
 
     return atomic_dir(out_dir, write)
 

@@ -179,7 +179,7 @@ class Wan2T2V:
         return t * max(0, math.floor((n - 1) / t + 0.5)) + 1  # ties go up
 
     def _size_multiple(self) -> int:
-        return self.backbone.s_stride * int(self.backbone.transformer.config.patch_size[1])
+        return self.backbone.s_stride * self.backbone.patch_size[1]
 
     def profile(self, name: str) -> dict:
         """``generate`` keyword defaults: "standard" = wan2.json; "fast" = half the steps and frames, and

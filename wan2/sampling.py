@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from wan2.backbones.wan_layout import expert_at, transformer_timestep
 from wan2.diffusion import euler_sample, inference_sigmas
 
 
@@ -47,19 +48,14 @@ def sample_latents(
     )
 
     # 4. Expert per step (Wan2.2 A14B: `transformer` at t >= boundary, `transformer_2` below) and the
-    #    timestep layout (per token with expand_timesteps, as the Wan2.2 TI2V pipeline)
-    boundary = None
-    if backbone.transformer_2 is not None and backbone.boundary_ratio is not None:
-        boundary = backbone.boundary_ratio * int(backbone.scheduler.config.num_train_timesteps)
-
+    #    timestep layout (per token with expand_timesteps, as the Wan2.2 TI2V pipeline): wan2.backbones.wan_layout
     def model_at(t):
-        return backbone.transformer_2 if boundary is not None and t[0] < boundary else transformer
+        return expert_at(backbone, t[0], default=transformer)
+
+    patch = backbone.patch_size if backbone.expand_timesteps else None
 
     def timestep(x, t):
-        if not backbone.expand_timesteps:
-            return t
-        tokens = x[0, 0][:, ::2, ::2].numel()  # F' * H'/2 * W'/2, as WanPipeline builds it
-        return t[:, None].expand(x.shape[0], tokens)
+        return transformer_timestep(t, x, patch, backbone.expand_timesteps)
 
     def velocity(x, t):
         return model_at(t)(

@@ -9,7 +9,6 @@ returned ``WanBackbone`` only.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,19 @@ import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
+from wan2.backbones.files import BackboneError, read_wan2_json, vet_component, vet_pipeline
 from wan2.backbones.tokenizer import build_tokenizer
+from wan2.backbones.wan_layout import PATCH_SIZE
+
+__all__ = [
+    "BackboneError",
+    "WanBackbone",
+    "build_backbone",
+    "load_backbone",
+    "load_vae",
+]  # BackboneError: files
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
-
-
-class BackboneError(ValueError):
-    """A model config or a pretrained directory that cannot give a Wan stack."""
 
 
 @dataclass
@@ -50,6 +55,11 @@ class WanBackbone:
     @property
     def s_stride(self) -> int:
         return int(self.vae.config.scale_factor_spatial)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """(frames, height, width) the transformer's patch embedding cuts latents into."""
+        return tuple(int(p) for p in self.transformer.config.patch_size)
 
     @property
     def latent_channels(self) -> int:
@@ -151,10 +161,13 @@ def build_backbone(
 ) -> WanBackbone:
     """Build a stack from a model config (``configs/model/*.yaml``) or load ``model_cfg.pretrained``.
 
-    ``device="meta"`` builds the architecture without allocating weights (for parameter counts and plans).
+    ``device="meta"`` builds the architecture without allocating weights (for parameter counts and plans); with
+    ``model.pretrained`` it is built from the folder's component configs, and no weight file is read.
     """
     cfg = _as_dict(model_cfg)
     checkpointing = bool(cfg.get("gradient_checkpointing", False))
+    if cfg.get("pretrained") and device == "meta":
+        return _meta_from_folder(cfg["pretrained"], components, cfg.get("text_len"))
     if cfg.get("pretrained"):
         return load_backbone(
             cfg["pretrained"], text_len=cfg.get("text_len"), gradient_checkpointing=checkpointing
@@ -214,39 +227,31 @@ def load_vae(path: str | Path) -> AutoencoderKLWan:
             f"model.vae_pretrained: {str(path)!r} has no config.json "
             "(run `python train.py experiment=vae_tiny` first)"
         )
-    _require_safetensors(path, "model.vae_pretrained")
+    vet_component(path, "vae", "model.vae_pretrained")
     return AutoencoderKLWan.from_pretrained(str(path), use_safetensors=True).eval()
 
 
 def _transformer_kwargs(t: dict) -> dict:
     t = dict(t)
-    t["patch_size"] = tuple(t.get("patch_size", (1, 2, 2)))
+    t["patch_size"] = tuple(t.get("patch_size", PATCH_SIZE))
     return t
 
 
 def load_backbone(
     path: str | Path, text_len: int | None = None, torch_dtype=None, gradient_checkpointing: bool = False
 ) -> WanBackbone:
-    """Load a stack from a local diffusers directory (a wan2 export or an official Wan 2.2 release)."""
+    """Load a stack from a local diffusers directory (a wan2 export or an official Wan 2.2 release).
+
+    The folder is vetted first (``wan2.backbones.files.vet_pipeline``: allowed classes only, no custom code,
+    safetensors with sound headers, a valid ``wan2.json``); nothing is instantiated before that passes.
+    """
     path = Path(path)
-    if not path.is_dir():
-        raise BackboneError(f"model.pretrained: {str(path)!r} is not a directory")
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise BackboneError(
-            f"model.pretrained: {str(path)!r} has no model_index.json (not a diffusers export)"
-        )
-    kind = json.loads(index.read_text()).get("_class_name")
-    if kind != "WanPipeline":
-        raise BackboneError(f"model.pretrained: {str(path)!r} holds a {kind}, expected a WanPipeline")
+    vet_pipeline(path, "model.pretrained")
+    meta = read_wan2_json(path).to_dict()
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    for sub in ("transformer", "transformer_2", "vae", "text_encoder"):
-        if (path / sub).is_dir():
-            _require_safetensors(path / sub, f"model.pretrained ({sub})")
     pipe = WanPipeline.from_pretrained(str(path), use_safetensors=True, **kwargs)
     if text_len is None:
-        extra = _read_wan2_meta(path)
-        text_len = int(extra.get("text_len", 512))
+        text_len = int(meta.get("text_len", 512))
     bb = WanBackbone(
         tokenizer=pipe.tokenizer,
         text_encoder=pipe.text_encoder,
@@ -257,9 +262,45 @@ def load_backbone(
         boundary_ratio=pipe.config.get("boundary_ratio"),
         text_len=int(text_len),
         expand_timesteps=bool(pipe.config.get("expand_timesteps", False)),
-        extra={**_read_wan2_meta(path), "source": str(path)},
+        extra={**meta, "source": str(path)},
     ).eval()
     return set_gradient_checkpointing(bb, gradient_checkpointing)
+
+
+def _meta_from_folder(path: str | Path, components: tuple[str, ...], text_len: int | None) -> WanBackbone:
+    """The architecture of a local diffusers folder on the meta device, from its component configs only
+    (shapes for plans: no weight file is opened). ``tokenizer`` and ``scheduler`` come from their folders."""
+    import diffusers
+    import transformers
+
+    path = Path(path)
+    index = vet_pipeline(path, "model.pretrained", weights=False)
+    parts = {}
+    with torch.device("meta"):
+        for sub in ("transformer", "transformer_2"):
+            if "transformer" in components and isinstance(index.get(sub), list) and index[sub][0]:
+                parts[sub] = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(path / sub))
+        if "vae" in components:
+            parts["vae"] = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(path / "vae"))
+        if "text_encoder" in components:
+            parts["text_encoder"] = UMT5EncoderModel(UMT5Config.from_pretrained(path / "text_encoder"))
+    tokenizer = None
+    if "tokenizer" in components:  # an allowed class (vet_pipeline): T5Tokenizer / T5TokenizerFast
+        tokenizer = getattr(transformers, index["tokenizer"][1]).from_pretrained(path / "tokenizer")
+    sched_cls = getattr(diffusers, index["scheduler"][1])  # an allowed diffusers scheduler class
+    meta = read_wan2_json(path).to_dict()
+    return WanBackbone(
+        tokenizer=tokenizer,
+        text_encoder=parts.get("text_encoder"),
+        vae=parts.get("vae"),
+        transformer=parts.get("transformer"),
+        scheduler=flow_euler_scheduler(sched_cls.from_pretrained(path / "scheduler")),
+        transformer_2=parts.get("transformer_2"),
+        boundary_ratio=index.get("boundary_ratio"),
+        text_len=int(text_len or meta.get("text_len") or 512),
+        expand_timesteps=bool(index.get("expand_timesteps", False)),
+        extra={**meta, "source": str(path)},
+    )
 
 
 def flow_euler_scheduler(scheduler) -> FlowMatchEulerDiscreteScheduler:
@@ -282,27 +323,6 @@ def flow_euler_scheduler(scheduler) -> FlowMatchEulerDiscreteScheduler:
         num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
         shift=float(cfg.get("flow_shift") or 1.0),
     )
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def _require_safetensors(folder: Path, key: str) -> None:
-    """Weights load only from safetensors: a folder holding only pickled weights is refused (untrusted code)."""
-    if any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise BackboneError(
-            f"{key}: {str(folder)!r} holds pickled weights {pickles[:3]} and no .safetensors; "
-            "wan2 loads safetensors only (convert them with diffusers' save_pretrained)"
-        )
-
-
-def _read_wan2_meta(path: Path) -> dict:
-    """``wan2.json`` written by wan2.export next to model_index.json (sampling defaults); {} for others."""
-    f = path / "wan2.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def count_parameters(module: torch.nn.Module | None, trainable_only: bool = False) -> int:

@@ -4,8 +4,8 @@
   sharded unit per diffusers ``WanTransformerBlock`` (``shard_per_block``); runs on GPUs (NCCL) and on CPUs
   (gloo), so the CPU tests run it for real;
 - ``clip_grad_norm``: gradient clipping that works on sharded (DTensor) gradients;
-- ``wan_block_classes``: the blocks sharded one by one (FSDP2 here; also the ``auto_wrap_policy`` of
-  Lightning's FSDP1 ``FSDPStrategy``, GPU only, for configs that select it);
+- the blocks sharded one by one are ``wan2.backbones.wan_layout.wan_block_classes`` (FSDP2 here; also the
+  ``auto_wrap_policy`` of Lightning's FSDP1 ``FSDPStrategy``, GPU only, for configs that select it);
 - ``is_fsdp``: whether a ``trainer.strategy`` value selects FSDP (its checkpoints are sharded directories);
 - ``SampleIndexLog``: which dataset indices each rank trained on, step by step (a data-order audit).
 """
@@ -147,13 +147,6 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return t.to_local() if isinstance(t, DTensor) else t
-
-
-def wan_block_classes() -> set[type]:
-    """``{WanTransformerBlock}``: the unit FSDP shards one by one (FSDP2 ``shard_per_block``, FSDP1 ``auto_wrap_policy``)."""
-    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
-
-    return {WanTransformerBlock}
 
 
 def is_fsdp(strategy) -> bool:

@@ -21,16 +21,12 @@ import logging
 
 import torch
 
+from wan2.backbones.wan_layout import is_high_noise, is_moe
 from wan2.diffusion.flow import NUM_TRAIN_TIMESTEPS, sample_training_sigmas
 
 log = logging.getLogger("wan2")
 
 EXPERTS = ("high", "low", "both")
-
-
-def is_moe(backbone) -> bool:
-    """A two-expert (A14B) stack: a ``transformer_2`` and the ``boundary_ratio`` that switches to it."""
-    return backbone.transformer_2 is not None and backbone.boundary_ratio is not None
 
 
 def resolve_expert(backbone, expert: str | None) -> str | None:
@@ -77,8 +73,9 @@ def high_share(timesteps: dict, boundary: float, n: int = 4096) -> float:
 
 
 def high_noise(sigma: torch.Tensor, boundary: float) -> torch.Tensor:
-    """(B,) bool: the samples the high-noise expert runs, compared as timesteps exactly as WanPipeline does."""
-    return sigma * NUM_TRAIN_TIMESTEPS >= boundary * NUM_TRAIN_TIMESTEPS
+    """(B,) bool: the samples the high-noise expert runs, compared as timesteps exactly as WanPipeline does
+    (``wan2.backbones.wan_layout.is_high_noise``, the one routing rule, also used by ``wan2.sampling``)."""
+    return is_high_noise(sigma * NUM_TRAIN_TIMESTEPS, boundary, NUM_TRAIN_TIMESTEPS)
 
 
 def _run(model, zt: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -233,7 +233,8 @@ class FlowMatchingModule(L.LightningModule):
         a checkpoint restored. The text encoder is sharded per ``UMT5Block`` (frozen or not); the small frozen
         VAE stays whole on every rank.
         """
-        from wan2.lightning.distributed import FSDP2Strategy, shard_per_block, wan_block_classes
+        from wan2.backbones.wan_layout import wan_block_classes
+        from wan2.lightning.distributed import FSDP2Strategy, shard_per_block
 
         strategy = self._trainer.strategy if self._trainer is not None else None
         if not isinstance(strategy, FSDP2Strategy):

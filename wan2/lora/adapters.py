@@ -1,6 +1,6 @@
 """PEFT LoRA on ``WanTransformer3DModel``, saved as diffusers ``pytorch_lora_weights.safetensors``.
 
-Presets name where the adapter sits in each block:
+Presets (``wan2.backbones.wan_layout.TARGET_PRESETS``) name where the adapter sits in each block:
 - ``motion``: self-attention ``attn1`` only (attention across frames and positions: where motion lives);
 - ``attention``: ``attn1`` + cross-attention ``attn2``;
 - ``all``: attention + the feed-forward ``ffn``.
@@ -19,14 +19,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
+from wan2.backbones.wan_layout import TARGET_PRESETS  # noqa: F401  (re-exported: wan2.lora.TARGET_PRESETS)
 from wan2.export import atomic_dir
 
-_ATTN = r"(to_q|to_k|to_v|to_out\.0)"
-TARGET_PRESETS = {
-    "motion": rf".*blocks\.\d+\.attn1\.{_ATTN}",
-    "attention": rf".*blocks\.\d+\.attn[12]\.{_ATTN}",
-    "all": rf".*blocks\.\d+\.(attn[12]\.{_ATTN}|ffn\.net\.0\.proj|ffn\.net\.2)",
-}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
