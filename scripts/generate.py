@@ -41,18 +41,13 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
 
 
 def _read_meta(model_dir: str) -> dict:
-    """The export's wan2.json ({} for a directory without one), read before loading the model."""
-    f = Path(model_dir) / "wan2.json"
-    if not f.is_file():
-        return {}
+    """The export's wan2.json ({} for a directory without one), checked before loading the model."""
+    from wan2.backbones.files import BackboneError, read_wan2_json
+
     try:
-        meta = json.loads(f.read_bytes())
-    except (OSError, ValueError, RecursionError) as err:
-        raise InputError(f"--model: {str(f)!r} is not valid JSON ({_one_line(err)})") from None
-    rows = meta.get("rows", 5) if isinstance(meta, dict) else None
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise InputError(f"--model: {str(f)!r}: expected an object with an integer rows >= 1")
-    return meta
+        return read_wan2_json(model_dir).to_dict()
+    except BackboneError as err:
+        raise InputError(f"--model: {_one_line(err)}") from None
 
 
 def _event_lines(path: Path):

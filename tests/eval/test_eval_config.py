@@ -138,10 +138,11 @@ def test_checks_accept_the_shipped_config():
 @pytest.mark.parametrize(
     "text,says",
     [
-        ("{not json", "not JSON"),
-        ("[1, 2]", "expected a JSON object"),
-        ('{"num_inference_steps": "ten"}', "num_inference_steps 'ten' is not an int >= 1"),
-        ('{"guidance_scale": -1}', "guidance_scale -1 is not a positive number"),
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"num_inference_steps": "ten"}', "'num_inference_steps': 'ten' must be an int >= 1"),
+        ('{"guidance_scale": -1}', "'guidance_scale': -1 must be a number >= 0"),
+        ('{"guidance": 2.5}', "'guidance' is not a wan2.json field"),
     ],
 )
 def test_invalid_wan2_json_of_an_export_is_one_line(tmp_path, capsys, text, says):
@@ -158,6 +159,8 @@ def test_invalid_wan2_json_of_an_export_is_one_line(tmp_path, capsys, text, says
         cfg = compose("eval", overrides=[f"ckpt={export}", f"out={tmp_path / 'out'}", "logger=none"])
     assert main(cfg) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.startswith("note: ")]
-    assert len(err) == 1 and err[0].startswith(f"error: ckpt: {export / 'wan2.json'}: ") and says in err[0], (
-        err
-    )
+    assert (
+        len(err) == 1
+        and err[0].startswith(f"error: ckpt: wan2.json: {str(export / 'wan2.json')!r}")
+        and says in err[0]
+    ), err

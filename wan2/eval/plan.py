@@ -4,7 +4,6 @@ a one-line ``ConfigError`` naming the key before anything is loaded."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,18 +51,15 @@ class Plan:
 
 
 def read_wan2_json(ckpt: str) -> dict:
-    """An export's ``wan2.json`` (sampling settings, geometry), {} when absent: the one place evaluation reads
-    it (the typed reader of wan2.backbones can replace this body). Not a JSON object: one line."""
-    f = Path(ckpt) / "wan2.json"
-    if not f.is_file():
-        return {}
+    """An export's ``wan2.json`` (sampling settings, geometry) as a dict, {} when absent: the one place
+    evaluation reads it, through the typed reader of wan2.backbones (a bad file or value: one line)."""
+    from wan2.backbones.files import BackboneError
+    from wan2.backbones.files import read_wan2_json as read_typed
+
     try:
-        meta = json.loads(f.read_text("utf-8"))
-    except (ValueError, RecursionError) as err:
-        raise ConfigError(f"ckpt: {f}: not JSON ({str(err).splitlines()[0][:80]})") from None
-    if not isinstance(meta, dict):
-        raise ConfigError(f"ckpt: {f}: expected a JSON object, got {type(meta).__name__}")
-    return meta
+        return read_typed(ckpt).to_dict()
+    except BackboneError as err:
+        raise ConfigError(f"ckpt: {err}") from None
 
 
 def _check_export(key: str, path) -> str:
