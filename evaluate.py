@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 import wan2.config_resolvers  # noqa: F401  (registers ${wan2.latest_export:...})
+from wan2.startup import output_dir_problem_cli
 
 
 def shorthand(args: list[str]) -> list[str]:
@@ -35,4 +36,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = shorthand(sys.argv[1:])
+    if (problem := output_dir_problem_cli("eval", sys.argv[1:], ("out",))) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()
