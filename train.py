@@ -122,7 +122,7 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    from wan2.startup import StartupPreempted
+    from wan2.startup import StartupPreempted, report
 
     try:
         problem = check_group_overrides(sys.argv[1:]) or check_output_dirs(sys.argv[1:])
@@ -131,5 +131,5 @@ if __name__ == "__main__":
             sys.exit(2)
         main()
     except StartupPreempted as err:  # raised by the signal handler, wherever start-up was
-        print(f"stopped: {err}", file=sys.stderr)
+        report(err)
         sys.exit(err.code)

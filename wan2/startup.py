@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,6 +50,11 @@ class _State:
         )
         self.delegate: Callable[[str], None] | None = None  # Preemption's request_stop while fit runs
         self.forward: list[Callable[[int], None]] = []  # e.g. pass the signal on to DDP ranks 1..
+        self.when = (
+            "during start-up ({signal}) before the first training step: nothing was saved or half-written"
+        )
+        self.then = "resume with the same command"
+        self.message: str | None = None  # raised and not reported yet (atexit reports it)
 
 
 _state = _State()
@@ -69,22 +76,37 @@ def _handler(signum: int, frame) -> None:
         _state.received = name
     if not _state.raised:
         _state.raised = True
-        raise StartupPreempted(
-            f"preempted during start-up ({name}) before the first training step: nothing was saved or "
-            "half-written; resume with the same command"
-        )
+        _state.message = f"preempted {_state.when.format(signal=name)}; {_state.then}"
+        raise StartupPreempted(_state.message)
+
+
+def report(err: StartupPreempted) -> None:
+    """Print ``stopped: <message>`` to stderr, once (train.py; else at exit: a signal can arrive while train.py
+    is still importing, outside any ``try``)."""
+    print(f"stopped: {err}", file=sys.stderr, flush=True)
+    _state.message = None
+
+
+def _report_at_exit() -> None:
+    if _state.message is not None and _state.pid == os.getpid():
+        report(StartupPreempted(_state.message))
 
 
 def install_preemption_handlers(signals: Iterable[str] = SIGNALS) -> None:
     """Catch ``signals`` from now on (idempotent; main thread only)."""
     if _state.pid == os.getpid():
         return
-    _state.__init__()
+    if _state.pid is not None:  # inherited from the parent process: start afresh
+        _state.__init__()
     _state.pid = os.getpid()
+    atexit.register(_report_at_exit)
     for name in signals:
         sig = getattr(signal, name, None)
         if sig is not None:
-            _state.previous[sig] = signal.signal(sig, _handler)
+            try:
+                _state.previous[sig] = signal.signal(sig, _handler)
+            except ValueError:  # not the main thread: nothing to install
+                pass
 
 
 def installed() -> bool:
@@ -105,16 +127,20 @@ def forward_to(fn: Callable[[int], None]) -> None:
 
 
 def hand_over(request_stop: Callable[[str], None]) -> str | None:
-    """From now on a signal calls ``request_stop(name)`` instead of stopping the process. Returns a signal
-    that was received but not acted on yet (the caller stops at the next batch boundary), else None."""
+    """From now on a signal calls ``request_stop(name)`` instead of stopping the process (may be called before
+    ``install_preemption_handlers``). Returns a signal that was received but not acted on yet (the caller stops
+    at the next batch boundary), else None."""
     pending, _state.received = _state.received, None
     _state.delegate = request_stop
+    _state.message = None  # the callback reports its own stop
     return pending
 
 
-def take_back() -> None:
-    """Fit is over: signals stop the process at once again (e.g. during the export)."""
+def take_back(when: str, then: str) -> None:
+    """Fit is over: signals stop the process at once again (e.g. during the export), with the message
+    ``preempted {when}; {then}``."""
     _state.delegate = None
+    _state.when, _state.then = when, then
 
 
 # ----------------------------------------------------------------------------- output folders

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import wan2.config_resolvers  # noqa: F401
+from wan2 import startup
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.export import atomic_write_text
@@ -145,6 +146,9 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if hasattr(launcher, "kill"):  # a start-up signal to rank 0 reaches DDP ranks 1.. too
+        startup.forward_to(launcher.kill)
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
