@@ -63,6 +63,7 @@ class _KeepingWriter(ExperimentWriter):
                 self._rewrite(self.metrics_keys, kept)
             self._kept = []
         super().log_metrics(metrics_dict, step)
+        self.save()  # write-through: Lightning logs a step's training row after that step's checkpoint
 
     def save(self) -> None:
         """Append the new rows; when new keys appear, rewrite the whole file atomically with the new header."""
@@ -76,8 +77,6 @@ class _KeepingWriter(ExperimentWriter):
         else:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(self.metrics)
-                f.flush()
-                os.fsync(f.fileno())
         self.metrics = []
 
     def _rewrite(self, keys: list[str], rows: list[dict]) -> None:

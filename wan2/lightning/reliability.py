@@ -219,6 +219,9 @@ class Preemption(L.Callback):
         from wan2 import startup
 
         def request_stop(name: str) -> None:
+            if name != "SIGTERM" and name not in self.signals:  # train.py catches SIGUSR1 from its first line
+                log.warning("received %s: ignored (not in reliability.preemption_signals)", name)
+                return
             log.info("received %s: stopping after this batch", name)
             trainer._signal_connector.received_sigterm = True
 
