@@ -214,6 +214,18 @@ class Preemption(L.Callback):
         self._installed_here = False
         self._active = False
         self.saved_step: int | None = None
+        self._early: list[str] = []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Library use (no train.py): catch SIGUSR1 from here on, so that Lightning's SLURM handler (an
+        ``hpc_ckpt`` and a requeue) stays off; a signal before training starts is kept for ``on_train_start``."""
+        from wan2 import startup
+
+        if stage == "fit" and not startup.installed():
+            self._early = []
+            startup.hand_over(self._early.append)
+            startup.install_preemption_handlers([s for s in self.signals if s != "SIGTERM"])
+            self._installed_here = self._active = True
 
     def on_train_start(self, trainer, pl_module) -> None:
         from wan2 import startup
@@ -225,7 +237,7 @@ class Preemption(L.Callback):
             log.info("received %s: stopping after this batch", name)
             trainer._signal_connector.received_sigterm = True
 
-        pending = startup.hand_over(request_stop)
+        pending = startup.hand_over(request_stop) or next(iter(self._early), None)
         if not startup.installed():
             # SIGTERM stays Lightning's (it composes the handler found when it registers; none here)
             startup.install_preemption_handlers([s for s in self.signals if s != "SIGTERM"])
