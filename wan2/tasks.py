@@ -25,6 +25,7 @@ from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.export import atomic_write_text
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
+from wan2.lightning.loggers import LogStep
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
@@ -138,7 +139,8 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg)
     if hasattr(datamodule, "bind_backbone"):
         datamodule.bind_backbone(module.backbone)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [LogStep()]  # first: the loggers' step is right before anything logs (resumed runs)
+    callbacks += [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += reliability_callbacks(cfg, out_dir)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     # FSDP writes sharded checkpoint directories itself (no CheckpointIO): atomic single files otherwise

@@ -6,6 +6,9 @@
   step it logs itself (the killed attempt logged them past its last checkpoint; the resumed run logs them
   again, so no step appears twice) and appends. Rows are written at every checkpoint, rewrites go through a
   temp file and ``os.replace``, and a row cut short by a kill is dropped when the file is read back.
+- ``LogStep``: after a resume from a checkpoint saved on SIGTERM / SIGUSR1, Lightning's step counter for
+  loggers came out one ahead of the optimizer step: every row was logged one step late. It is reset at the
+  first batch of each process.
 - ``WandbLogger``: stores the W&B run id in ``<save_dir>/wandb_run_id``; a run started with a ``ckpt_path``
   (``resume_run``) reuses it with ``resume="allow"``, so the resumed run continues the same W&B run.
 """
@@ -19,6 +22,7 @@ import secrets
 import string
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -141,3 +145,17 @@ class WandbLogger(_WandbLogger):
             resume = resume_run not in (None, "", "none", "null")
             kwargs["id"] = run_id_for(save_dir, resume)
         super().__init__(*args, **kwargs)
+
+
+class LogStep(L.Callback):
+    """At the first training batch of a process, set the loggers' step to the optimizer step (as in a run
+    that was never interrupted: both count finished steps when a batch starts). Must run before callbacks
+    that log at batch start (LearningRateMonitor): ``wan2.tasks`` puts it first."""
+
+    def __init__(self) -> None:
+        self._synced = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._synced:
+            self._synced = True
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step

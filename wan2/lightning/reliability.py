@@ -268,17 +268,7 @@ class Preemption(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            # Raised after the batch's end hooks counted it in ``_batches_that_stepped``, while the progress
-            # counters still read "saved at on_train_batch_end", for which a resume adds 1 to that count:
-            # the resumed run would log every row one step late. Save the count that convention expects.
-            loop = trainer.fit_loop.epoch_loop
-            done = loop.batch_progress.total
-            early = done.completed == done.processed - 1 and loop._batches_that_stepped == trainer.global_step
-            loop._batches_that_stepped -= int(early)
-            try:
-                trainer.save_checkpoint(self.path)
-            finally:
-                loop._batches_that_stepped += int(early)
+            trainer.save_checkpoint(self.path)
             self.saved_step = trainer.global_step
             log.warning(
                 "preempted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, self.path
