@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 import wan2.config_resolvers  # noqa: F401  (registers ${wan2.latest_export:...})
+from wan2.startup import output_dir_problem_cli
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -48,7 +49,9 @@ if __name__ == "__main__":
     sys.argv[1:] = shorthand(sys.argv[1:])
     from wan2.eval.config import override_problem
 
-    if (problem := override_problem(sys.argv[1:], CONFIGS)) is not None:  # an unknown key: one line
+    problem = override_problem(sys.argv[1:], CONFIGS)  # an unknown key: one line
+    problem = problem or output_dir_problem_cli("eval", sys.argv[1:], ("out",))  # an unwritable out
+    if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()

@@ -1,14 +1,20 @@
 """Train any wan2 experiment: ``python train.py experiment=NAME [overrides]`` (see configs/experiment/)."""
 
-import difflib
-import sys
-import warnings
-from pathlib import Path
+if __name__ == "__main__":  # first of all: SIGTERM / SIGUSR1 during start-up exit 75 (wan2/startup.py)
+    from wan2.startup import install_preemption_handlers
 
-import hydra
-from omegaconf import DictConfig
+    install_preemption_handlers()
 
-import wan2.config_resolvers  # noqa: F401  (registers ${wan2.latest_export:...})
+import difflib  # noqa: E402
+import functools  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import wan2.config_resolvers  # noqa: E402, F401  (registers ${wan2.latest_export:...})
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -37,10 +43,30 @@ def check_group_overrides(args: list[str]) -> str | None:
 
 
 def _compose(overrides: list[str]):
+    return _compose_cached(tuple(overrides))
+
+
+@functools.lru_cache(maxsize=4)
+def _compose_cached(overrides: tuple[str, ...]):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=list(overrides))
+
+
+def check_output_dirs(args: list[str]) -> str | None:
+    """A one-line error when ``paths.output_dir`` cannot be written: Hydra creates the run folder before
+    ``main`` runs and fails with a traceback. Sweeps and flags are left to Hydra. (``data.cache_dir`` may be a
+    read-only mount holding a finished cache: wan2.data.cache checks it only when it must build one.)"""
+    from wan2.startup import output_dir_problem
+
+    if any(a.startswith("-") for a in args):
+        return None
+    try:
+        cfg = _compose([a for a in args if not a.lstrip("+~").startswith("hydra")])
+    except Exception:  # noqa: BLE001  (check_group_overrides reports it)
+        return None
+    return output_dir_problem(cfg, ("paths.output_dir",), args)
 
 
 def _override_problem(overrides: list[str]) -> str | None:
@@ -96,7 +122,14 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    if (problem := check_group_overrides(sys.argv[1:])) is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    from wan2.startup import StartupPreempted, report
+
+    try:
+        problem = check_group_overrides(sys.argv[1:]) or check_output_dirs(sys.argv[1:])
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        main()
+    except StartupPreempted as err:  # raised by the signal handler, wherever start-up was
+        report(err)
+        sys.exit(err.code)

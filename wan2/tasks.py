@@ -20,10 +20,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import wan2.config_resolvers  # noqa: F401
+from wan2 import startup
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.export import atomic_write_text
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
+from wan2.lightning.loggers import LogStep
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
@@ -137,7 +139,8 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg)
     if hasattr(datamodule, "bind_backbone"):
         datamodule.bind_backbone(module.backbone)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [LogStep()]  # first: the loggers' step is right before anything logs (resumed runs)
+    callbacks += [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += reliability_callbacks(cfg, out_dir)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     # FSDP writes sharded checkpoint directories itself (no CheckpointIO): atomic single files otherwise
@@ -145,6 +148,9 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if hasattr(launcher, "kill"):  # a start-up signal to rank 0 reaches DDP ranks 1.. too
+        startup.forward_to(launcher.kill)
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

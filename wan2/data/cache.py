@@ -67,7 +67,15 @@ def build_latent_cache(
     """Encode every sample of ``dataset`` (items with ``video``, ``caption``, ``meta``) into ``out_dir``.
 
     ``dataset`` may be map-style or iterable (e.g. ``shard_dataset``); ``info`` (JSON) describes the data.
+    The cache appears whole or not at all: it is written to a temp folder beside ``out_dir`` and renamed; an
+    exception or a preemption signal (``wan2.startup``) while encoding or writing removes the temp folder.
+    A folder that cannot be written is a one-line ``ConfigError`` before anything is encoded.
     """
+    from wan2.config_check import ConfigError
+    from wan2.startup import dir_problem
+
+    if (why := dir_problem(Path(out_dir).parent)) is not None:
+        raise ConfigError(f"data.cache_dir: cannot write the latent cache {str(out_dir)!r}: {why}")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     backbone.vae.eval()
     param = next(backbone.vae.parameters())
@@ -99,7 +107,12 @@ def build_latent_cache(
             save_file({"text_emb": torch.cat(txt).contiguous()}, str(d / "text.safetensors"))
         (d / "index.json").write_text(json.dumps(index))
 
-    return atomic_dir(out_dir, write)
+    try:
+        return atomic_dir(out_dir, write)
+    except OSError as err:  # e.g. the disk filled up while writing: the temp folder is gone already
+        raise ConfigError(
+            f"data.cache_dir: writing the latent cache {str(out_dir)!r} failed: {err}"
+        ) from None
 
 
 def cache_mismatch(

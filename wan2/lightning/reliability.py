@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import pickle
-import signal
 import tempfile
 from pathlib import Path
 
@@ -202,41 +201,79 @@ class Preemption(L.Callback):
     """SIGTERM / SIGUSR1 -> finish the batch, save ``last.ckpt``, raise ``Preempted`` (CLI exit code 75).
 
     Lightning already turns SIGTERM into ``SIGTERMException`` after the current batch (and broadcasts it to
-    every rank); this callback makes SIGUSR1 do the same and saves the checkpoint when it happens.
+    every rank); this callback makes SIGUSR1 do the same and saves the checkpoint when it happens. Before
+    training starts, ``wan2.startup`` (installed on train.py's first line) stops the process at once; at
+    ``on_train_start`` (after Lightning registered its own SIGTERM handler) its handlers hand over to this
+    callback, together with a signal they received but did not act on: the run then stops after its first
+    batch. Without train.py (a library call) this callback installs the handlers itself.
     """
 
     def __init__(self, dirpath: str | os.PathLike, signals: tuple[str, ...] = ("SIGUSR1",)):
         self.path = Path(dirpath) / "last.ckpt"
         self.signals = tuple(signals)
-        self._previous: dict = {}
+        self._installed_here = False
+        self._active = False
         self.saved_step: int | None = None
+        self._early: list[str] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        def request_stop(signum, frame):
-            log.info("received %s: stopping after this batch", signal.Signals(signum).name)
+        """Library use (no train.py): catch SIGUSR1 from here on, so that Lightning's SLURM handler (an
+        ``hpc_ckpt`` and a requeue) stays off; a signal before training starts is kept for ``on_train_start``."""
+        from wan2 import startup
+
+        if stage == "fit" and not startup.installed():
+            self._early = []
+            startup.hand_over(self._early.append)
+            startup.install_preemption_handlers([s for s in self.signals if s != "SIGTERM"])
+            self._installed_here = self._active = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from wan2 import startup
+
+        def request_stop(name: str) -> None:
+            if name != "SIGTERM" and name not in self.signals:  # train.py catches SIGUSR1 from its first line
+                log.warning("received %s: ignored (not in reliability.preemption_signals)", name)
+                return
+            log.info("received %s: stopping after this batch", name)
             trainer._signal_connector.received_sigterm = True
 
-        for name in self.signals:
-            sig = getattr(signal, name, None)
-            if sig is not None and sig != signal.SIGTERM:  # Lightning owns SIGTERM
-                try:
-                    self._previous[sig] = signal.signal(sig, request_stop)
-                except ValueError:  # pragma: no cover  (not the main thread)
-                    pass
+        pending = startup.hand_over(request_stop) or next(iter(self._early), None)
+        if not startup.installed():
+            # SIGTERM stays Lightning's (it composes the handler found when it registers; none here)
+            startup.install_preemption_handlers([s for s in self.signals if s != "SIGTERM"])
+            self._installed_here = True
+        self._active = True
+        if pending is not None:
+            request_stop(pending)
+
+    def _release(self, trainer) -> None:
+        from wan2 import startup
+
+        if not self._active:
+            return
+        self._active = False
+        if self._installed_here:
+            startup.uninstall()
+            self._installed_here = False
+        else:
+            out = self.path.parent.parent
+            startup.take_back(
+                f"after training stopped at step {trainer.global_step} ({{signal}}), before the run finished "
+                "(export, metrics.json)",
+                f"resume with ckpt_path=last paths.output_dir={out}",
+            )
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+        self._release(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
-            return
-        trainer.save_checkpoint(self.path)
-        self.saved_step = trainer.global_step
-        log.warning(
-            "preempted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, self.path
-        )
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+            self.saved_step = trainer.global_step
+            log.warning(
+                "preempted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, self.path
+            )
+        self._release(trainer)  # teardown hooks do not run after an exception
 
 
 # ----------------------------------------------------------------------------- fault injection (tests)

@@ -1,0 +1,161 @@
+"""Loggers whose history survives kills and resumes (configs/logger/*.yaml).
+
+- ``CSVLogger``: Lightning's CSVLogger with a fixed ``version`` deletes the previous ``metrics.csv`` when a
+  run starts again in its folder, and writes rows only every ``flush_logs_every_n_steps``; a killed run could
+  lose all of them. This one keeps the file: a resumed run reads it, drops the rows at and after the first
+  step it logs itself (the killed attempt logged them past its last checkpoint; the resumed run logs them
+  again, so no step appears twice) and appends. Rows are written at every checkpoint, rewrites go through a
+  temp file and ``os.replace``, and a row cut short by a kill is dropped when the file is read back.
+- ``LogStep``: after a resume from a checkpoint saved on SIGTERM / SIGUSR1, Lightning's step counter for
+  loggers came out one ahead of the optimizer step: every row was logged one step late. It is reset at the
+  first batch of each process.
+- ``WandbLogger``: stores the W&B run id in ``<save_dir>/wandb_run_id``; a run started with a ``ckpt_path``
+  (``resume_run``) reuses it with ``resume="allow"``, so the resumed run continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import secrets
+import string
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import WandbLogger as _WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """(header, rows) of a metrics.csv; a last line without its newline (a kill mid-write) is dropped."""
+    if not path.is_file():
+        return [], []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    rows = [r for r in reader if None not in r and None not in r.values()]
+    return list(reader.fieldnames or []), rows
+
+
+def _step(row: dict) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return float("nan")
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer that keeps the rows already in ``metrics.csv``."""
+
+    def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
+        self._resumed_from: float | None = None
+        self.metrics_keys, self._kept = read_rows(Path(self.metrics_file_path))
+
+    def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
+        if self._resumed_from is None:  # the first row of this process decides what is replaced
+            first = step if step is not None else len(self.metrics)
+            self._resumed_from = float(first)
+            kept = [r for r in self._kept if _step(r) < first]
+            if len(kept) != len(self._kept):
+                self._rewrite(self.metrics_keys, kept)
+            self._kept = []
+        super().log_metrics(metrics_dict, step)
+        self.save()  # write-through: Lightning logs a step's training row after that step's checkpoint
+
+    def save(self) -> None:
+        """Append the new rows; when new keys appear, rewrite the whole file atomically with the new header."""
+        if not self.metrics:
+            return
+        new_keys = self._record_new_keys()
+        path = Path(self.metrics_file_path)
+        if new_keys or not path.is_file():
+            _, old = read_rows(path)
+            self._rewrite(self.metrics_keys, old + self.metrics)
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(self.metrics)
+        self.metrics = []
+
+    def _rewrite(self, keys: list[str], rows: list[dict]) -> None:
+        path = Path(self.metrics_file_path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class CSVLogger(_CSVLogger):
+    """``<save_dir>/<name>/<version>/metrics.csv`` holding the whole history of a run across resumes."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _KeepingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        """Rows up to a checkpoint are on disk with it (a kill loses none that a resume will not log again)."""
+        super().after_save_checkpoint(checkpoint_callback)
+        self.save()
+
+
+def new_run_id() -> str:
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def run_id_for(save_dir: str | os.PathLike, resume: bool) -> str:
+    """The W&B run id kept in ``save_dir``: reused when resuming and present, else a new one (written by rank 0)."""
+    path = Path(save_dir) / RUN_ID_FILE
+    if resume and path.is_file() and (run_id := path.read_text().strip()):
+        return run_id
+    run_id = new_run_id()
+    if rank_zero_only.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, path)
+    return run_id
+
+
+class WandbLogger(_WandbLogger):
+    """Lightning's WandbLogger continuing the same W&B run when the training run resumes.
+
+    ``resume_run``: the run's ``ckpt_path`` (null: a fresh run, a new id). An explicit ``id`` / ``version`` wins.
+    """
+
+    def __init__(self, *args, resume_run: str | None = None, **kwargs):
+        save_dir = kwargs.get("save_dir") or kwargs.get("dir")
+        if save_dir and kwargs.get("id") is None and kwargs.get("version") is None:
+            resume = resume_run not in (None, "", "none", "null")
+            kwargs["id"] = run_id_for(save_dir, resume)
+        super().__init__(*args, **kwargs)
+
+
+class LogStep(L.Callback):
+    """At the first training batch of a process, set the loggers' step to the optimizer step (as in a run
+    that was never interrupted: both count finished steps when a batch starts). Must run before callbacks
+    that log at batch start (LearningRateMonitor): ``wan2.tasks`` puts it first."""
+
+    def __init__(self) -> None:
+        self._synced = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._synced:
+            self._synced = True
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
