@@ -387,10 +387,6 @@ def make_sample(key: str, frames: np.ndarray, caption: str, meta: dict, fps: flo
     }
 
 
-def shard_name(out_dir: str | os.PathLike, prefix: str, index: int) -> str:
-    return os.path.join(os.fspath(out_dir), f"{prefix}-{index:06d}.tar")
-
-
 def brace_pattern(out_dir: str | os.PathLike, prefix: str, num_shards: int) -> str:
     """``dir/prefix-{000000..000009}.tar`` for ``num_shards`` shards."""
     last = max(num_shards - 1, 0)
