@@ -18,9 +18,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from wan2.data.datamodule import VideoDataModule, rankjump_shards
 from wan2.data.rankjump import RankJumpConfig
-from wan2.data.shards import SplitByNode, expand_shards, shard_dataset
+from wan2.data.shards import SplitByNode, expand_shards, rankjump_shards, shard_dataset
+from wan2.lightning.data import VideoDataModule
 
 ROOT = Path(__file__).resolve().parents[2]
 RJ = {"num_frames": 5, "mix": {"rank_up": 1, "rank_down": 1, "hold": 1, "first_entry": 1}}
