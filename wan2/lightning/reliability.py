@@ -29,6 +29,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from wan2.compat import request_graceful_stop
 from wan2.lightning.distributed import local_tensor
 
 log = logging.getLogger("wan2")
@@ -214,7 +215,7 @@ class Preemption(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         def request_stop(signum, frame):
             log.info("received %s: stopping after this batch", signal.Signals(signum).name)
-            trainer._signal_connector.received_sigterm = True
+            request_graceful_stop(trainer)
 
         for name in self.signals:
             sig = getattr(signal, name, None)
