@@ -203,7 +203,7 @@ def overrides(
         "callbacks.checkpoint.every_n_train_steps=1",
         "callbacks.checkpoint.save_top_k=-1",
         "callbacks.progress=null",
-        "+callbacks.sample_log._target_=wan2.lightning.distributed.SampleIndexLog",
+        "+callbacks.sample_log._target_=wan2.testing.SampleIndexLog",
         f"+callbacks.sample_log.dirpath={out}/sample_log",
         "logger=csv",
         "export.enabled=false",

@@ -166,7 +166,7 @@ def test_killed_and_preempted_run_resumes_bitwise_equal(reference):
 # ----------------------------------------------------------------------------- 4: non-finite steps
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(reference, tmp_path):
     root, data, ref = reference
-    inject = ["+callbacks.faults._target_=wan2.lightning.reliability.FaultInjector"]
+    inject = ["+callbacks.faults._target_=wan2.testing.FaultInjector"]
     # a NaN loss at steps 3 and 7 and an inf gradient at step 11: skipped, counted, the run finishes
     out = tmp_path / "skips"
     r = run(
