@@ -5,11 +5,10 @@ importing Lightning fails."""
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 # a meta-path finder that refuses Lightning's top-level packages, then every submodule of the package
 BLOCK_AND_IMPORT = """

@@ -9,6 +9,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from tests.conftest import load_script
 from wan2.data.ingest import ingest, read_index, resize_crop, sample_clip, scan_folder
 from wan2.data.rankjump import RankJump, RankJumpConfig
 from wan2.data.shards import (
@@ -313,13 +314,7 @@ def test_index_files(tmp_path):
 
 
 def test_make_shards_script(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_shards", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "make_shards.py")
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/make_shards.py", "make_shards")
     rc = script.main(
         [
             "--rankjump",
