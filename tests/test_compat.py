@@ -63,6 +63,22 @@ def test_private_attributes_exist_on_the_installed_classes():
     assert PeftAdapterMixin._hf_peft_config_loaded is False
 
 
+def test_model_parallel_strategy_keeps_its_mesh_sizes_and_checkpoint_flag():
+    """``FSDP2Strategy`` (wan2/lightning/distributed.py) fixes the mesh sizes that Lightning's own
+    ``setup_environment`` then reads, and asks whether checkpoints are sharded."""
+    import inspect
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    for sharded in (True, False):
+        strategy = ModelParallelStrategy(save_distributed_checkpoint=sharded)
+        assert compat.saves_distributed_checkpoint(strategy) is sharded
+    compat.set_model_parallel_sizes(strategy, data_parallel=8, tensor_parallel=1)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (8, 1)
+    setup = inspect.getsource(ModelParallelStrategy.setup_environment)
+    assert "self._data_parallel_size" in setup and "self._tensor_parallel_size" in setup
+
+
 def test_graceful_stop_raises_sigterm_exception_after_the_batch():
     """Lightning still reads the flag after each batch: the batch that asked finishes, none runs after it."""
     probe = Probe(stop_at=1)

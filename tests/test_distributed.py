@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 
 import wan2.config_resolvers  # noqa: F401
 from tests.conftest import compose_cfg, model_cfg, run_train, train_env
+from wan2.compat import saves_distributed_checkpoint
 from wan2.config_check import STRATEGIES, ConfigError, check_train_config
 from wan2.diffusion import randn_per_sample, sample_generators
 from wan2.lightning.distributed import is_fsdp
@@ -118,7 +119,9 @@ def test_trainer_configs_select_their_strategies():
     strategy = hydra.utils.instantiate(fsdp.strategy)
     from wan2.lightning.distributed import FSDP2Strategy
 
-    assert isinstance(strategy, FSDP2Strategy) and is_fsdp(strategy) and strategy._save_distributed_checkpoint
+    assert (
+        isinstance(strategy, FSDP2Strategy) and is_fsdp(strategy) and saves_distributed_checkpoint(strategy)
+    )
     assert (strategy.param_dtype, strategy.reduce_dtype, strategy.reshard_after_forward) == (
         "bf16",
         "fp32",

@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import TINY_SAMPLING as SAMPLING
-from tests.conftest import model_cfg
+from tests.conftest import TINY_SAMPLING, model_cfg
 from wan2.backbones.stack import build_backbone
 from wan2.data.rankjump import RankJumpConfig, make_clip
 from wan2.data.video import decode_mp4, tensor_to_frames
@@ -91,7 +90,7 @@ def test_exact_frame_count_with_a_temporal_stride_of_one():
     cfg.vae.scale_factor_temporal = 1
     torch.manual_seed(0)
     bb = build_backbone(cfg).eval()
-    bb.extra = dict(SAMPLING)
+    bb.extra = dict(TINY_SAMPLING)
     model = Wan2T2V(bb)
     video = model.generate(PROMPT, num_frames=4, num_inference_steps=1, guidance_scale=1.0)
     assert video.frames.shape == (4, 32, 32, 3)

@@ -48,3 +48,22 @@ def forget_peft_adapters(model) -> None:
     if hasattr(model, "peft_config"):
         del model.peft_config
     model._hf_peft_config_loaded = False
+
+
+def set_model_parallel_sizes(strategy, data_parallel: int, tensor_parallel: int) -> None:
+    """Fix the device-mesh sizes of a Lightning ``ModelParallelStrategy`` before its ``setup_environment``
+    builds the mesh (``FSDP2Strategy``: pure data parallel over every rank of every node).
+
+    Private: ``ModelParallelStrategy._data_parallel_size`` / ``_tensor_parallel_size``; the constructor's "auto"
+    means data parallel over nodes only, and the world size is not known when the strategy is constructed.
+    """
+    strategy._data_parallel_size = data_parallel
+    strategy._tensor_parallel_size = tensor_parallel
+
+
+def saves_distributed_checkpoint(strategy) -> bool:
+    """Whether a ``ModelParallelStrategy`` writes sharded checkpoint directories (its constructor argument).
+
+    Private: ``ModelParallelStrategy._save_distributed_checkpoint`` (not exposed as a property).
+    """
+    return bool(strategy._save_distributed_checkpoint)

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from wan2.compat import saves_distributed_checkpoint, set_model_parallel_sizes
+
 DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
@@ -61,14 +63,14 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.reshard_after_forward = bool(reshard_after_forward)
 
     def setup_environment(self) -> None:
-        self._data_parallel_size = self.num_nodes * self.num_processes  # pure data parallel: shard over all
-        self._tensor_parallel_size = 1
+        # pure data parallel: shard over all ranks
+        set_model_parallel_sizes(self, data_parallel=self.num_nodes * self.num_processes, tensor_parallel=1)
         super().setup_environment()
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         """Sharded checkpoints are written to ``<name>.tmp`` by every rank, then rank 0 swaps the finished
         directory in (renameat2): a kill mid-write leaves the previous checkpoint whole under the final name."""
-        if not self._save_distributed_checkpoint:
+        if not saves_distributed_checkpoint(self):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         import shutil
 
