@@ -54,7 +54,7 @@ def compose_cfg(
 
 
 def model_cfg(name: str = "wan_tiny"):
-    """``configs/model/<name>.yaml`` alone (no defaults list, no interpolation), a fresh DictConfig to edit."""
+    """``configs/model/<name>.yaml`` as written (not composed with train.yaml), a fresh DictConfig to edit."""
     from omegaconf import OmegaConf
 
     return OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
