@@ -50,10 +50,10 @@ def bench_loader(num_clips: int = 64, batch_size: int = 8, num_workers: int = 0,
     """Decoded clips/s from shards through ``VideoDataModule`` and from on-the-fly ``RankJump``."""
     from torch.utils.data import DataLoader
 
-    from wan2.data.datamodule import VideoDataModule
     from wan2.data.datasets import RankJumpVideoDataset, collate
     from wan2.data.rankjump import RankJumpConfig
     from wan2.data.shards import write_rankjump_shards
+    from wan2.lightning.data import VideoDataModule
 
     cfg = cfg or RankJumpConfig(mix={"rank_up": 1, "rank_down": 1, "hold": 1, "first_entry": 1})
     spec = {"num_frames": cfg.num_frames, "height": cfg.height, "width": cfg.width}

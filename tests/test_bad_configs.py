@@ -7,14 +7,11 @@ imports would show up as a traceback.
 """
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 import wan2.config_resolvers  # noqa: F401  (${wan2.latest_export:...}, ${wan2.auto_precision:...})
+from tests.conftest import CONFIGS, EXPERIMENTS, ROOT, compose_cfg, run_train
 from wan2.config_check import (
     ACCELERATORS,
     LORA_PRESETS,
@@ -26,9 +23,6 @@ from wan2.config_check import (
     check_train_config,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 GROUPS = ("data", "model", "objective", "lora", "trainer", "callbacks", "logger")
 NEEDS = {
     "data/shards": ["data.train_shards='pipe:cat data/rankjump/train-000000.tar'"]
@@ -248,13 +242,6 @@ CASES = {
 }
 
 
-def compose_cfg(overrides: list[str], outputs: Path | None = None):
-    """The config ``train.py`` would get; pretrained bases resolve to the shipped ones under ``pretrained/``."""
-    paths = [f"paths.root_dir={ROOT}"] + ([f"paths.outputs_dir={outputs}"] if outputs else [])
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=paths + overrides)
-
-
 @pytest.mark.parametrize("overrides,key,allowed", list(CASES.values()), ids=list(CASES))
 def test_bad_value_is_one_line_naming_key_and_allowed(overrides, key, allowed):
     cfg = compose_cfg(overrides)
@@ -269,7 +256,7 @@ def test_bad_value_is_one_line_naming_key_and_allowed(overrides, key, allowed):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_passes(name, tmp_path):
     """No false positives; ``paths.outputs_dir`` empty, as on a clean checkout (bases: the shipped ones)."""
-    check_train_config(compose_cfg([f"experiment={name}"], outputs=tmp_path))
+    check_train_config(compose_cfg([f"experiment={name}", f"paths.outputs_dir={tmp_path}"]))
 
 
 def test_every_config_option_passes(tmp_path):
@@ -279,7 +266,9 @@ def test_every_config_option_passes(tmp_path):
             option = f"{group}/{path.stem}"
             try:
                 check_train_config(
-                    compose_cfg([f"{group}={path.stem}", *NEEDS.get(option, [])], outputs=tmp_path)
+                    compose_cfg(
+                        [f"{group}={path.stem}", *NEEDS.get(option, []), f"paths.outputs_dir={tmp_path}"]
+                    )
                 )
             except ConfigError as err:
                 pytest.fail(f"{option}: {err}")
@@ -329,7 +318,7 @@ def test_good_edge_values_pass(tmp_path):
         ["objective.expert=high"],  # one transformer: high (the old LoRA default) is that transformer
         ["ckpt_path=last", "threads=1"],
     ):
-        check_train_config(compose_cfg(overrides, outputs=tmp_path))
+        check_train_config(compose_cfg([*overrides, f"paths.outputs_dir={tmp_path}"]))
 
 
 # --------------------------------------------------------------------------- train.py end to end
@@ -350,19 +339,8 @@ def test_train_py_refuses_before_heavy_imports(tmp_path, args, key, allowed):
     )
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(fake), "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *args,
-            f"paths.output_dir={out}",
-            f"paths.outputs_dir={tmp_path}/outputs",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_train(
+        [*args, f"paths.output_dir={out}", f"paths.outputs_dir={tmp_path}/outputs"], env=env, timeout=120
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

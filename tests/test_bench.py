@@ -1,22 +1,12 @@
 """scripts/bench.py train and distill sections: keys and forward counts at tiny sizes (never timings)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load_bench()
+bench = load_script("scripts/bench.py", "bench_script")
 
 
 def test_sections_registered():

@@ -2,13 +2,11 @@
 
 import os
 import resource
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_train
+
 CASES = {
     "unknown_experiment": (["experiment=nope"], "experiment"),
     "unknown_model": (["model=nope"], "model"),
@@ -27,9 +25,7 @@ def child_cpu() -> float:
 def test_bad_config_exits_with_one_line(tmp_path, args, key):
     env = {**os.environ, "WANDB_MODE": "offline", "WAN2_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
     cpu = child_cpu()
-    proc = subprocess.run(
-        [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = run_train(args, env=env)
     cpu = child_cpu() - cpu
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

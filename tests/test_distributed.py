@@ -25,23 +25,21 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import wan2.config_resolvers  # noqa: F401
+from tests.conftest import compose_cfg, model_cfg, run_train, train_env
+from wan2.compat import saves_distributed_checkpoint
 from wan2.config_check import STRATEGIES, ConfigError, check_train_config
 from wan2.diffusion import randn_per_sample, sample_generators
 from wan2.lightning.distributed import is_fsdp
 from wan2.lightning.reliability import safe_torch_load
 
-ROOT = Path(__file__).resolve().parents[1]
 N, BATCH, STEPS, DDP_STEPS = 32, 8, 6, 3  # 4 steps per epoch at the global batch of 8
 
 
@@ -65,7 +63,7 @@ def test_flow_loss_of_a_batch_is_the_mean_over_its_halves():
     from wan2.backbones.stack import build_backbone
     from wan2.lightning.flow_module import FlowMatchingModule
 
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     cfg.transformer.num_layers = 2
     torch.manual_seed(0)
     module = FlowMatchingModule(
@@ -112,11 +110,6 @@ def test_ddp_sampler_splits_the_epoch_shuffle_between_ranks():
 
 
 # ----------------------------------------------------------------------------- trainer configs
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={ROOT}", *overrides])
-
-
 def test_trainer_configs_select_their_strategies():
     assert compose_cfg(["trainer=gpu"]).trainer.precision == "bf16-mixed"
     ddp = compose_cfg(["trainer=ddp", "trainer.num_nodes=2", "trainer.devices=8"]).trainer
@@ -126,7 +119,9 @@ def test_trainer_configs_select_their_strategies():
     strategy = hydra.utils.instantiate(fsdp.strategy)
     from wan2.lightning.distributed import FSDP2Strategy
 
-    assert isinstance(strategy, FSDP2Strategy) and is_fsdp(strategy) and strategy._save_distributed_checkpoint
+    assert (
+        isinstance(strategy, FSDP2Strategy) and is_fsdp(strategy) and saves_distributed_checkpoint(strategy)
+    )
     assert (strategy.param_dtype, strategy.reduce_dtype, strategy.reshard_after_forward) == (
         "bf16",
         "fp32",
@@ -203,7 +198,7 @@ def overrides(
         "callbacks.checkpoint.every_n_train_steps=1",
         "callbacks.checkpoint.save_top_k=-1",
         "callbacks.progress=null",
-        "+callbacks.sample_log._target_=wan2.lightning.distributed.SampleIndexLog",
+        "+callbacks.sample_log._target_=wan2.testing.SampleIndexLog",
         f"+callbacks.sample_log.dirpath={out}/sample_log",
         "logger=csv",
         "export.enabled=false",
@@ -224,16 +219,9 @@ FSDP_CPU = (  # trainer=fsdp on 2 CPU processes (gloo), fp32 so that it follows 
 
 def run(args: list[str]) -> None:
     """``python train.py ARGS`` (Lightning starts the other DDP ranks by running it again)."""
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = train_env()
     env.pop("WAN2_RUN_DIR", None)  # set by the in-process runs; rank 0 passes its own to its ranks
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    r = run_train(args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
 
 

@@ -5,7 +5,6 @@ keys; the numbers only where they are certain (real RankJump clips read back, sh
 """
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -16,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import wan2.config_resolvers  # noqa: F401
+from tests.conftest import ROOT, compose_cfg, load_script, model_cfg
 from wan2.data.rankjump import EVENTS, TEMPLATES, RankJump, RankJumpConfig, caption_for
 from wan2.data.video import write_mp4
 from wan2.eval.requests import meta_from_prompt
 from wan2.eval.run import main
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "pretrained" / "wan_tiny_base"
 QUICK = ["num_videos=4", "num_inference_steps=2", "batch_size=4", "threads=1"]
 SUMMARY_KEYS = {
@@ -44,24 +42,16 @@ INDOMAIN_KEYS = (
     {"indomain/fd", "indomain/text_video"} if (ROOT / "pretrained" / "rankjump_encoder").is_dir() else set()
 )
 
-_spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.py")
-evaluate_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_cli)
+evaluate_cli = load_script("evaluate.py", "evaluate_cli")
 
 
 def config(out: Path, *overrides: str, logger: str = "none"):
     """The composed configs/eval.yaml, as ``python evaluate.py out=OUT logger=... *overrides`` would see it."""
     args = evaluate_cli.shorthand([f"out={out}", f"logger={logger}", *overrides])
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("eval", overrides=args)
+    return compose_cfg(args, config_name="eval", root_dir=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_report_json_html_and_wandb(tmp_path, monkeypatch):
@@ -275,12 +265,11 @@ def test_bad_input_is_one_line_and_exit_2_before_any_model(tmp_path, case):
 
 
 def test_lora_for_another_base_is_one_line_exit_2(tmp_path, capsys):
-    from omegaconf import OmegaConf
 
     from wan2.backbones.stack import build_backbone
     from wan2.lora import add_lora, lora_config, save_lora
 
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     cfg.transformer.num_attention_heads = 2  # another inner width than the shipped base
     net = copy.deepcopy(build_backbone(cfg, components=("transformer",)).transformer)
     spec = lora_config(rank=4, targets="motion")

@@ -9,15 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from tests.conftest import CONFIGS, EXPERIMENTS, compose_cfg
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.tasks import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5", ".gguf"}
 SHRINK = {  # applied where the key exists in the composed config
     "data.num_train": 4,
@@ -42,25 +40,22 @@ def depends_on(name: str) -> list[str]:
     return [other for other in EXPERIMENTS if other != name and re.search(rf"\b{other}\b", body)]
 
 
-def compose_cfg(name: str, root: Path):
+def compose_experiment(name: str, root: Path):
+    """``experiment=NAME`` shrunk by ``SHRINK`` (the keys it has), writing everything under ``root``."""
     paths = [
         f"experiment={name}",
         "logger=csv",
-        f"paths.root_dir={root}",
         f"paths.outputs_dir={root}/outputs",
         f"paths.output_dir={root}/outputs/{name}/run",
     ]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=paths)
-        extra = (
-            [f"data.cache_dir={root}/cache"] if OmegaConf.select(cfg, "data.cache_dir") is not None else []
-        )
-        for key, value in SHRINK.items():
-            parent, _, leaf = key.rpartition(".")
-            node = OmegaConf.select(cfg, parent)
-            if node is not None and leaf in node:
-                extra.append(f"{key}={'null' if value is None else value}")
-        return compose("train", overrides=paths + extra)
+    cfg = compose_cfg(paths, root_dir=root)
+    extra = [f"data.cache_dir={root}/cache"] if OmegaConf.select(cfg, "data.cache_dir") is not None else []
+    for key, value in SHRINK.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if node is not None and leaf in node:
+            extra.append(f"{key}={'null' if value is None else value}")
+    return compose_cfg(paths + extra, root_dir=root)
 
 
 class Runner:
@@ -74,7 +69,7 @@ class Runner:
             assert name not in _stack, f"experiment dependency cycle: {_stack + (name,)}"
             for dep in depends_on(name):
                 self.run(dep, _stack + (name,))
-            cfg = compose_cfg(name, self.root)
+            cfg = compose_experiment(name, self.root)
             metrics = train(cfg)
             self.done[name] = (cfg, Path(cfg.paths.output_dir), metrics)
         return self.done[name]

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline
-from omegaconf import OmegaConf
 
+from tests.conftest import model_cfg
 from wan2.backbones.stack import build_backbone
 from wan2.export import export_pipeline
 from wan2.sampling import sample_videos
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["the green row climbs from #4 to #1", "leaderboard: red bar falls from #2 to #5"]
 GEN = {"num_frames": 17, "height": 32, "width": 32, "num_inference_steps": 4}
 SEED = 3
@@ -45,7 +44,7 @@ for name, path, text_len in jobs:
 
 
 def tiny_backbone(seed: int = 0, **overrides):
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     for k, v in overrides.items():
         cfg[k] = v
     torch.manual_seed(seed)

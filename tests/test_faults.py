@@ -19,20 +19,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ROOT, train_cmd, train_env
 from wan2.lightning.reliability import (
     AtomicCheckpointIO,
     UnsafeCheckpointError,
     safe_torch_load,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
 
 
 def tiny_run_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
+    return train_cmd(
         "experiment=pretrain_tiny",
         f"paths.output_dir={out}",
         f"paths.data_dir={data_dir}",
@@ -53,15 +51,11 @@ def tiny_run_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
         "threads=1",
         "trainer.deterministic=true",
         *extra,
-    ]
-
-
-def env() -> dict:
-    return {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    )
 
 
 def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(args, env=train_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def ckpt_step(path: Path) -> int:
@@ -77,7 +71,7 @@ def interrupt_at(args: list[str], last: Path, step: int, sig: int, timeout: floa
     signal sent before it has installed its handlers would kill it instead of testing them."""
     before = ckpt_step(last)
     proc = subprocess.Popen(
-        args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        args, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
     deadline = time.time() + timeout
     try:
@@ -166,7 +160,7 @@ def test_killed_and_preempted_run_resumes_bitwise_equal(reference):
 # ----------------------------------------------------------------------------- 4: non-finite steps
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(reference, tmp_path):
     root, data, ref = reference
-    inject = ["+callbacks.faults._target_=wan2.lightning.reliability.FaultInjector"]
+    inject = ["+callbacks.faults._target_=wan2.testing.FaultInjector"]
     # a NaN loss at steps 3 and 7 and an inf gradient at step 11: skipped, counted, the run finishes
     out = tmp_path / "skips"
     r = run(
@@ -244,7 +238,7 @@ def test_kill_during_write_leaves_the_previous_file_whole(tmp_path, kind):
     for _ in range(6):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, kind, str(target)],
-            env=env(),
+            env=train_env(),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -284,13 +278,7 @@ def test_pickled_objects_are_refused_where_weights_are_expected(tmp_path):
 
     # through the CLI: one line, exit 2, before any model is built
     r = run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "experiment=pretrain_tiny",
-            f"ckpt_path={evil}",
-            f"paths.output_dir={tmp_path / 'run'}",
-        ],
+        train_cmd("experiment=pretrain_tiny", f"ckpt_path={evil}", f"paths.output_dir={tmp_path / 'run'}"),
         timeout=120,
     )
     assert r.returncode == 2

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import subprocess
@@ -6,47 +5,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from omegaconf import OmegaConf
 
-from wan2.backbones.stack import build_backbone
+from tests.conftest import ROOT, load_script
 from wan2.data.video import decode_mp4
-from wan2.export import export_pipeline
 from wan2.inference import Wan2T2V
 from wan2.rollout import assign_variant
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLING = {
-    "num_frames": 17,
-    "height": 32,
-    "width": 32,
-    "fps": 8,
-    "num_inference_steps": 4,
-    "guidance_scale": 5.0,
-    "rows": 5,
-}
 FAST = ["--profile", "fast", "--steps", "1"]  # 9 frames, one step: these tests check files, not motion
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "scripts" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-generate = _load_script()
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """A random tiny Wan export (shared by the test files of one session through the base temp dir)."""
-    path = tmp_path_factory.getbasetemp() / "wan_tiny_export"
-    if not path.exists():
-        torch.manual_seed(0)
-        bb = build_backbone(OmegaConf.load("configs/model/wan_tiny.yaml")).eval()
-        export_pipeline(bb, path, sampling=SAMPLING)
-    return path
+generate = load_script("scripts/generate.py", "generate_script")
 
 
 def _events(n: int) -> list[dict]:

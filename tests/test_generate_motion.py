@@ -3,17 +3,15 @@
 Slow (about a minute on 2 idle cores): `make test-slow`.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT, load_script
 from wan2.data.reader import judge_meta
 from wan2.data.video import decode_mp4
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "pretrained" / "wan_tiny_base"
 LORA = ROOT / "pretrained" / "lora_rankup"
 COLOURS = ["green", "gold", "blue", "red", "purple", "orange"]
@@ -23,9 +21,7 @@ COLOURS = ["green", "gold", "blue", "red", "purple", "orange"]
 def test_twenty_events_show_the_asked_climb(tmp_path):
     if not (BASE.is_dir() and LORA.is_dir()):
         pytest.skip("needs pretrained/wan_tiny_base and pretrained/lora_rankup")
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "scripts" / "generate.py")
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    generate = load_script("scripts/generate.py", "generate_script")
     pairs = [(old, new) for old in range(2, 6) for new in range(1, old)]
     events = [
         {

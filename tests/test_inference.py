@@ -6,39 +6,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from tests.conftest import TINY_SAMPLING, model_cfg
 from wan2.backbones.stack import build_backbone
 from wan2.data.rankjump import RankJumpConfig, make_clip
 from wan2.data.video import decode_mp4, tensor_to_frames
-from wan2.export import export_pipeline
 from wan2.inference import GeneratedVideo, Wan2T2V, save_video
 from wan2.lora import LoraFileError, add_lora, lora_config, save_lora
 from wan2.sampling import sample_videos
 
 PROMPT = "the green row climbs from #3 to #2"
-SAMPLING = {
-    "num_frames": 17,
-    "height": 32,
-    "width": 32,
-    "fps": 8,
-    "num_inference_steps": 4,
-    "guidance_scale": 5.0,
-    "rows": 5,
-}
 QUICK = {"num_frames": 5, "num_inference_steps": 1}  # cheap settings where the numbers do not matter
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """A random tiny Wan export (shared by the test files of one session through the base temp dir)."""
-    path = tmp_path_factory.getbasetemp() / "wan_tiny_export"
-    if not path.exists():
-        torch.manual_seed(0)
-        bb = build_backbone(OmegaConf.load("configs/model/wan_tiny.yaml")).eval()
-        export_pipeline(bb, path, sampling=SAMPLING)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -106,12 +85,12 @@ def test_fps_and_duration_give_the_nearest_valid_frame_count(model, caplog):
 
 def test_exact_frame_count_with_a_temporal_stride_of_one():
     """The stock pipeline turns n into n + 1 when the VAE keeps every frame; the API still gives n."""
-    cfg = OmegaConf.load("configs/model/wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     cfg.vae.temperal_downsample = [False, False]
     cfg.vae.scale_factor_temporal = 1
     torch.manual_seed(0)
     bb = build_backbone(cfg).eval()
-    bb.extra = dict(SAMPLING)
+    bb.extra = dict(TINY_SAMPLING)
     model = Wan2T2V(bb)
     video = model.generate(PROMPT, num_frames=4, num_inference_steps=1, guidance_scale=1.0)
     assert video.frames.shape == (4, 32, 32, 3)
@@ -167,7 +146,7 @@ def test_lora_scale_zero_is_the_base_and_one_is_not(model, tiny_export, tmp_path
 
 
 def test_lora_for_another_base_or_not_a_lora_is_refused_in_one_line(model, tmp_path):
-    cfg = OmegaConf.load("configs/model/wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     cfg.transformer.num_attention_heads = 2  # inner dim 64 instead of 128
     other = build_backbone(cfg, components=("transformer",)).transformer
     bad = _random_lora(other, tmp_path / "other")

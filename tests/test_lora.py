@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from tests.conftest import ROOT, model_cfg
 from wan2.backbones.stack import build_backbone, load_backbone
 from wan2.export import export_pipeline
 from wan2.lora import add_lora, lora_config, save_lora
 from wan2.lora.adapters import TARGET_PRESETS, WEIGHT_NAME, target_regex
 from wan2.sampling import sample_videos
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["the gold row climbs from #5 to #2", "the blue bar rises from #3 to #1"]
 GEN = {"num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 3, "guidance_scale": 4.0}
 SEED = 7
@@ -75,7 +74,7 @@ def stock(tmp_path_factory):
     """A random tiny export, two LoRA files, the repo sampler's videos with each, and the stock run's outputs."""
     root = tmp_path_factory.mktemp("lora")
     torch.manual_seed(0)
-    bb = build_backbone(OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")).eval()
+    bb = build_backbone(model_cfg("wan_tiny")).eval()
     export = export_pipeline(bb, root / "export")
     base_video = sample_videos(bb, PROMPTS, **GEN, seed=SEED)
     repo = {}
@@ -154,7 +153,7 @@ def test_fuse_matches_unfused_and_unfuse_returns_the_base(stock):
 )
 def test_presets_target_what_they_name(preset, must, must_not):
     torch.manual_seed(0)
-    bb = build_backbone(OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml"))
+    bb = build_backbone(model_cfg("wan_tiny"))
     n = add_lora(bb.transformer, lora_config(rank=2, targets=preset))
     names = {
         name.rsplit(".lora_A", 1)[0] for name, _ in bb.transformer.named_parameters() if ".lora_A." in name
@@ -170,7 +169,7 @@ def test_bad_targets_are_one_line_errors():
     with pytest.raises(ValueError, match=r"^lora\.targets: '\(' is neither a preset"):
         target_regex("(")
     torch.manual_seed(0)
-    bb = build_backbone(OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml"))
+    bb = build_backbone(model_cfg("wan_tiny"))
     with pytest.raises(ValueError, match="matches no module"):
         add_lora(bb.transformer, lora_config(rank=2, targets=r".*nothing_here"))
     assert set(TARGET_PRESETS) == {"motion", "attention", "all"}

@@ -21,9 +21,9 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
+from tests.conftest import compose_cfg
 from wan2.backbones.stack import build_backbone, load_backbone
 from wan2.config_check import EXPERTS as CHECKED_EXPERTS
 from wan2.config_check import ConfigError, check_train_config
@@ -32,8 +32,6 @@ from wan2.lightning.experts import EXPERTS, resolve_expert
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.sampling import sample_videos
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 PROMPTS = ["the gold row climbs from #5 to #2", "the blue bar falls from #1 to #3"]
 GEN = {"num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 4, "guidance_scale": 4.0}
 SEED = 5
@@ -51,11 +49,6 @@ A14B_INDEX_KEYS = {
     "transformer_2",
     "vae",
 }
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={ROOT}", *overrides])
 
 
 def tiny_moe(seed: int = 0):

@@ -14,23 +14,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import wan2.config_resolvers  # noqa: F401
+from tests.conftest import ROOT, compose_cfg, load_script
 from wan2 import plan as P
 from wan2.backbones.stack import build_backbone
 
 # RMS norm of bf16 activations with fp32 weights under autocast (diffusers' Wan attention)
 pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 TINY = [  # wan_tiny, wide enough that activations dominate: 4 layers x 4 heads x 64, 32 x 32 x 5 latents
     "model=wan_tiny",
     "model.transformer.attention_head_dim=64",
@@ -41,11 +38,6 @@ TINY = [  # wan_tiny, wide enough that activations dominate: 4 layers x 4 heads 
     "data.rankjump.width=128",
     "data.rankjump.num_frames=9",
 ]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 # ----------------------------------------------------------------------------------------------- parameters
@@ -311,11 +303,7 @@ def test_cli_refuses_unknown_model_in_one_line():
     ],
 )
 def test_main_refuses_bad_values_in_one_line(capsys, args, key):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("plan_script", ROOT / "scripts" / "plan.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/plan.py", "plan_script")
     assert script.main(args) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -6,7 +6,6 @@ No SLURM here: ``srun`` / ``scontrol`` are small shell scripts on PATH that reco
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import signal
@@ -15,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+from tests.conftest import CONFIGS, ROOT, compose_cfg, load_script
+
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 # as train.py: the launcher config holds every field of the plugin's schema, Hydra's schema check only warns
 pytestmark = pytest.mark.filterwarnings("ignore:.*'hydra/launcher/submitit_slurm' is validated against")
@@ -41,11 +39,7 @@ def sbatch_default(var: str) -> str:
 
 
 def launcher_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["hydra/launcher=submitit_slurm", *overrides], return_hydra_config=True
-        )
-    return cfg
+    return compose_cfg(["hydra/launcher=submitit_slurm", *overrides], root_dir=None, return_hydra_config=True)
 
 
 def fake_bin(tmp_path: Path, **scripts: str) -> Path:
@@ -248,14 +242,11 @@ def test_sbatch_command_line_is_a_valid_train_command(tmp_path):
     """The overrides srun passes compose with configs/ and give a DDP trainer over all nodes and GPUs."""
     run_sbatch(tmp_path, "exit 0", "pretrain_tiny")
     args = recorded(tmp_path, "srun")[2:]  # after "python train.py"
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    train_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_cli)
+    train_cli = load_script("train.py", "train_cli")
     if not (CONFIGS / "trainer" / "ddp.yaml").is_file():
         pytest.skip("configs/trainer/ddp.yaml does not exist yet (train.sbatch asks for trainer=ddp)")
     assert train_cli.check_group_overrides(args) is None
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=args)
+    cfg = compose_cfg(args, root_dir=None)
     assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.num_nodes) == ("gpu", 4, 2)
     assert cfg.paths.output_dir == "outputs/pretrain_tiny/slurm-4242" and cfg.ckpt_path == "last"
 

@@ -12,13 +12,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, train_cmd
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -49,9 +49,7 @@ def slurm_env(tmp_path_factory):
 
 def launch(tmp: Path, steps: int, env: dict) -> subprocess.Popen:
     """``python train.py -m hydra/launcher=submitit_slurm ...``: submits one job and waits for it."""
-    args = [
-        sys.executable,
-        str(ROOT / "train.py"),
+    args = train_cmd(
         "-m",
         "hydra/launcher=submitit_slurm",
         "experiment=pretrain_tiny",
@@ -74,7 +72,7 @@ def launch(tmp: Path, steps: int, env: dict) -> subprocess.Popen:
         "callbacks.checkpoint.every_n_train_steps=1",
         "threads=1",
         "ckpt_path=last",
-    ]
+    )
     log = open(tmp / "launcher.log", "w")
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 

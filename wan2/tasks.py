@@ -180,8 +180,6 @@ def train(cfg: DictConfig) -> dict:
 
 def run_cli(fn, cfg: DictConfig):
     """Call ``fn(cfg)``; a config or input error prints one line and exits 2 (no traceback)."""
-    from wan2.data.rankjump import __name__ as _  # noqa: F401  (import check)
-
     try:
         return fn(cfg)
     except (ConfigError, BackboneError, UnsafeCheckpointError) as err:

@@ -2,20 +2,13 @@
 
 import resource
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from tests.conftest import model_cfg
 from wan2.backbones.stack import build_backbone, count_parameters
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
-
-
-def model_cfg(name: str):
-    return OmegaConf.load(CONFIGS / f"{name}.yaml")
 
 
 def test_ti2v_5b_on_meta_has_5b_parameters():

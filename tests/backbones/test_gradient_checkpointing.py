@@ -1,19 +1,16 @@
 """``model.gradient_checkpointing``: the transformer recomputes block activations in backward, and the loss and
 every gradient are those of the run without it (float tolerance), on the tiny stack, built or loaded."""
 
-from pathlib import Path
-
 import torch
 from omegaconf import OmegaConf
 
+from tests.conftest import model_cfg
 from wan2.backbones.stack import build_backbone
 from wan2.lightning.flow_module import FlowMatchingModule
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
-
 
 def tiny_cfg(**overrides):
-    cfg = OmegaConf.load(CONFIGS / "wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     cfg.transformer.num_layers = 2
     return OmegaConf.merge(cfg, overrides)
 

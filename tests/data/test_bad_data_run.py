@@ -10,12 +10,11 @@ import csv
 import hashlib
 import json
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
+from tests.conftest import compose_cfg
 from wan2.data.rankjump import RankJumpConfig
 from wan2.data.shards import (
     BAD_KINDS,
@@ -31,7 +30,6 @@ from wan2.data.video import decode_mp4, encode_mp4
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.tasks import train
 
-ROOT = Path(__file__).resolve().parents[2]
 CFG = RankJumpConfig()  # 17 frames, 32x32: the tiny model's clips
 NUM_GOOD, NUM_SHARDS, BATCH = 300, 10, 16
 # injected damage -> the kind the reader must count it as, and how many
@@ -141,8 +139,7 @@ def run(shards, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(FlowMatchingModule, "training_step", recording_step)
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            metrics = train(compose("train", overrides=overrides))
+        metrics = train(compose_cfg(overrides, root_dir=None))  # paths.root_dir: in the overrides
     return {"metrics": metrics, "steps": steps, "dir": tmp / "run"}
 
 

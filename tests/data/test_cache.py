@@ -2,16 +2,14 @@
 
 import copy
 import dataclasses
-import importlib.util
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import wan2.data.cache as cache_mod
+from tests.conftest import load_script, model_cfg
 from wan2.backbones.stack import build_backbone
 from wan2.data.cache import LatentCacheDataset, StaleCacheError, build_latent_cache, cache_mismatch
 from wan2.data.datasets import RankJumpVideoDataset, collate
@@ -19,25 +17,18 @@ from wan2.data.rankjump import RankJumpConfig
 from wan2.data.shards import shard_dataset, write_rankjump_shards
 from wan2.lightning.data import LatentDataModule
 
-ROOT = Path(__file__).resolve().parents[2]
 RJ = {"num_frames": 5, "mix": {"rank_up": 1, "rank_down": 1, "hold": 1, "first_entry": 1}}
 RJ_CFG = RankJumpConfig(**RJ)
 N = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: far faster than two on a CPU shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)
-    cfg = OmegaConf.load(ROOT / "configs/model/wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     return build_backbone(
         cfg, components=("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
     ).eval()
@@ -171,10 +162,7 @@ def test_cache_from_a_shard_stream(backbone, tmp_path):
 
 
 def _precompute():
-    spec = importlib.util.spec_from_file_location("precompute", ROOT / "scripts/precompute.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/precompute.py", "precompute")
 
 
 def test_precompute_script_builds_then_skips(backbone, tmp_path, capsys):

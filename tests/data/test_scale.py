@@ -15,14 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from wan2.data.datamodule import VideoDataModule, rankjump_shards
+from tests.conftest import model_cfg
 from wan2.data.rankjump import RankJumpConfig
-from wan2.data.shards import SplitByNode, expand_shards, shard_dataset
+from wan2.data.shards import SplitByNode, expand_shards, rankjump_shards, shard_dataset
+from wan2.lightning.data import VideoDataModule
 
-ROOT = Path(__file__).resolve().parents[2]
 RJ = {"num_frames": 5, "mix": {"rank_up": 1, "rank_down": 1, "hold": 1, "first_entry": 1}}
 SPEC = {"num_frames": 5, "height": 32, "width": 32}
 NUM, SHARD_SIZE = 16, 2  # 8 shards
@@ -127,7 +126,7 @@ def cache(tmp_path_factory):
     torch.manual_seed(0)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    cfg = OmegaConf.load(ROOT / "configs/model/wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     backbone = build_backbone(
         cfg, components=("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
     )

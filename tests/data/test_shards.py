@@ -9,7 +9,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from wan2.data.datamodule import VideoDataModule, rankjump_shards
+from tests.conftest import load_script
 from wan2.data.ingest import ingest, read_index, resize_crop, sample_clip, scan_folder
 from wan2.data.rankjump import RankJump, RankJumpConfig
 from wan2.data.shards import (
@@ -18,11 +18,13 @@ from wan2.data.shards import (
     brace_pattern,
     mp4_damage,
     rankjump_samples,
+    rankjump_shards,
     read_manifest,
     shard_dataset,
     write_shards,
 )
 from wan2.data.video import decode_mp4, encode_mp4, write_mp4
+from wan2.lightning.data import VideoDataModule
 
 CFG = RankJumpConfig(mix={"rank_up": 1, "rank_down": 1, "hold": 1, "first_entry": 1})
 SPEC = {"num_frames": 17, "height": 32, "width": 32}
@@ -312,13 +314,7 @@ def test_index_files(tmp_path):
 
 
 def test_make_shards_script(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_shards", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "make_shards.py")
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/make_shards.py", "make_shards")
     rc = script.main(
         [
             "--rankjump",
@@ -357,7 +353,7 @@ def test_make_shards_script(tmp_path, capsys):
 def test_datamodule_in_a_lightning_fit(tmp_path):
     import lightning as L
 
-    from wan2.data.datamodule import BadSampleLogger
+    from wan2.lightning.data import BadSampleLogger
 
     pattern = rankjump_shards(tmp_path, "train", 8, RankJumpConfig(num_frames=5), shard_size=4)
 

@@ -1,17 +1,14 @@
 """QuickEval: cheap in-loop metrics every N steps on rank 0 only; other ranks do nothing; train flags restored."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from tests.conftest import ROOT, compose_cfg
 from wan2.backbones.stack import load_backbone
 from wan2.lightning.callbacks import QuickEval
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Recorder:
@@ -83,8 +80,7 @@ def test_under_fsdp_every_rank_samples_and_rank_zero_logs(module):
 
 
 def test_callbacks_quick_eval_config_adds_to_the_defaults():
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["callbacks=quick_eval"])
+    cfg = compose_cfg(["callbacks=quick_eval"], root_dir=None)
     assert {"checkpoint", "lr_monitor", "quick_eval"} <= set(cfg.callbacks)
     cb = hydra.utils.instantiate(cfg.callbacks.quick_eval)
     assert isinstance(cb, QuickEval) and cb.every_n_steps == 200

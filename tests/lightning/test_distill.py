@@ -1,17 +1,15 @@
 """Step distillation: a progressive round makes the N/2-step student closer to the N-step teacher than the
 teacher's own N/2-step sampling; the student grid is stock diffusers'; bad schedules are one-line errors."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from tests.conftest import ROOT, model_cfg
 from wan2.diffusion import inference_sigmas
 from wan2.diffusion.distill import guided_velocity, halving_schedule, two_step_target
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "pretrained" / "wan_tiny_base"
 
 
@@ -178,12 +176,11 @@ def test_distribution_matching_moves_the_student_distribution_onto_the_data():
 
 def test_dm_phase_trains_the_student_and_the_fake_denoiser_only():
     """objective.dm_steps: after the rounds, the student and the fake denoiser get gradients; the real one stays."""
-    from omegaconf import OmegaConf
 
     from wan2.backbones.stack import build_backbone
     from wan2.lightning.distill_module import DistillModule
 
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     cfg.transformer.num_layers = 1
     torch.manual_seed(0)
     bb = build_backbone(cfg)
@@ -215,12 +212,11 @@ def test_dm_phase_trains_the_student_and_the_fake_denoiser_only():
 
 
 def test_a_schedule_with_nothing_to_distil_is_a_one_line_error():
-    from omegaconf import OmegaConf
 
     from wan2.backbones.stack import build_backbone
     from wan2.lightning.distill_module import DistillModule
 
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml")
+    cfg = model_cfg("wan_tiny")
     cfg.transformer.num_layers = 1
     with pytest.raises(
         ValueError, match=r"^objective: nothing to distil \(teacher_steps == student_steps == 4"

@@ -4,19 +4,16 @@ import csv
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from tests.conftest import compose_cfg, model_cfg
 from wan2.backbones.stack import build_backbone
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.tasks import train
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_loss_falls_on_fixed_batch():
     torch.manual_seed(0)
-    backbone = build_backbone(OmegaConf.load(ROOT / "configs" / "model" / "wan_tiny.yaml"))
+    backbone = build_backbone(model_cfg("wan_tiny"))
     module = FlowMatchingModule(backbone, caption_dropout=0.0, ema_decay=0.0, train_text_encoder=True)
     g = torch.Generator().manual_seed(1)
     c, f, h, w = backbone.latent_shape(17, 32, 32)
@@ -57,8 +54,7 @@ def run(tmp: Path, name: str, steps: int, ckpt: Path | None = None) -> Path:
     ]
     if ckpt is not None:
         overrides.append(f"ckpt_path={ckpt}")
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        train(compose("train", overrides=overrides))
+    train(compose_cfg(overrides, root_dir=None))  # paths.root_dir: in the overrides
     return tmp / name
 
 

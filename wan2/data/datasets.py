@@ -45,3 +45,13 @@ def collate(samples: list[dict]) -> dict:
         vals = [s[key] for s in samples]
         out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
     return out
+
+
+def collate_videos(samples: list[dict]) -> dict:
+    """Stack videos, keep captions, metadata and keys as lists."""
+    return {
+        "video": torch.stack([s["video"] for s in samples]),  # (B, C, F, H, W)
+        "caption": [s["caption"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+        "key": [s["key"] for s in samples],
+    }

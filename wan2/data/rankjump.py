@@ -17,7 +17,7 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -422,7 +422,3 @@ def make_clip(
         "caption": caption,
     }
     return Clip(frames=frames, caption=caption, meta=meta)
-
-
-def config_dict(cfg: RankJumpConfig) -> dict:
-    return asdict(cfg)

@@ -23,7 +23,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import islice
 
 import numpy as np
@@ -387,10 +387,6 @@ def make_sample(key: str, frames: np.ndarray, caption: str, meta: dict, fps: flo
     }
 
 
-def shard_name(out_dir: str | os.PathLike, prefix: str, index: int) -> str:
-    return os.path.join(os.fspath(out_dir), f"{prefix}-{index:06d}.tar")
-
-
 def brace_pattern(out_dir: str | os.PathLike, prefix: str, num_shards: int) -> str:
     """``dir/prefix-{000000..000009}.tar`` for ``num_shards`` shards."""
     last = max(num_shards - 1, 0)
@@ -501,3 +497,15 @@ def write_rankjump_shards(
     )
     info = {"source": "rankjump", "split": split, "num": num, "config": asdict(cfg)}
     return write_shards(samples, out_dir, prefix=split, shard_size=shard_size, info=info)
+
+
+def rankjump_shards(out_dir: str | os.PathLike, split: str, num: int, cfg, shard_size: int = 100) -> str:
+    """Shards of the first ``num`` RankJump clips of ``split``; generated unless a matching set exists.
+
+    Returns the brace pattern of the shards (``out_dir/<split>-{000000..NNNNNN}.tar``).
+    """
+    wanted = json.loads(json.dumps({"source": "rankjump", "split": split, "num": num, "config": asdict(cfg)}))
+    manifest = read_manifest(out_dir, split)
+    if manifest is None or manifest.get("info") != wanted or manifest.get("shard_size") != shard_size:
+        manifest = write_rankjump_shards(out_dir, split, num, cfg, shard_size=shard_size)
+    return brace_pattern(out_dir, split, manifest["num_shards"])

@@ -89,11 +89,6 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
-def euler_step(z: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    """One deterministic Euler step of the probability-flow ODE (the DDIM analogue), in float32."""
-    return (z.float() + (sigma_next - sigma) * velocity.float()).to(z.dtype)
-
-
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -6,19 +6,18 @@
 - ``clip_grad_norm``: gradient clipping that works on sharded (DTensor) gradients;
 - the blocks sharded one by one are ``wan2.backbones.wan_layout.wan_block_classes`` (FSDP2 here; also the
   ``auto_wrap_policy`` of Lightning's FSDP1 ``FSDPStrategy``, GPU only, for configs that select it);
-- ``is_fsdp``: whether a ``trainer.strategy`` value selects FSDP (its checkpoints are sharded directories);
-- ``SampleIndexLog``: which dataset indices each rank trained on, step by step (a data-order audit).
+- ``is_fsdp``: whether a ``trainer.strategy`` value selects FSDP (its checkpoints are sharded directories).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+
+from wan2.compat import saves_distributed_checkpoint, set_model_parallel_sizes
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -64,14 +63,14 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.reshard_after_forward = bool(reshard_after_forward)
 
     def setup_environment(self) -> None:
-        self._data_parallel_size = self.num_nodes * self.num_processes  # pure data parallel: shard over all
-        self._tensor_parallel_size = 1
+        # pure data parallel: shard over all ranks
+        set_model_parallel_sizes(self, data_parallel=self.num_nodes * self.num_processes, tensor_parallel=1)
         super().setup_environment()
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         """Sharded checkpoints are written to ``<name>.tmp`` by every rank, then rank 0 swaps the finished
         directory in (renameat2): a kill mid-write leaves the previous checkpoint whole under the final name."""
-        if not self._save_distributed_checkpoint:
+        if not saves_distributed_checkpoint(self):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         import shutil
 
@@ -158,30 +157,3 @@ def is_fsdp(strategy) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(strategy, FSDPStrategy | FSDP2Strategy)
-
-
-class SampleIndexLog(L.Callback):
-    """Append ``{"rank", "epoch", "step", "index": [...]}`` per training batch to ``<dirpath>/rank<R>.jsonl``.
-
-    Needs batches with ``index`` (RankJump and latent-cache data). Checks that every sample is seen once per
-    epoch across ranks, and that N ranks see the global batch one process sees (tests/test_distributed.py):
-
-        python train.py ... +callbacks.sample_log._target_=wan2.lightning.distributed.SampleIndexLog \\
-            +callbacks.sample_log.dirpath=outputs/sample_log
-    """
-
-    def __init__(self, dirpath: str | Path):
-        self.dirpath = Path(dirpath)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if "index" not in batch:
-            return
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        row = {
-            "rank": trainer.global_rank,
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "index": torch.as_tensor(batch["index"]).tolist(),
-        }
-        with open(self.dirpath / f"rank{trainer.global_rank}.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from wan2.backbones.stack import WanBackbone
+from wan2.compat import attached_trainer
 from wan2.diffusion import (
     add_noise,
     bell_weight,
@@ -236,7 +237,8 @@ class FlowMatchingModule(L.LightningModule):
         from wan2.backbones.wan_layout import wan_block_classes
         from wan2.lightning.distributed import FSDP2Strategy, shard_per_block
 
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        strategy = trainer.strategy if trainer is not None else None
         if not isinstance(strategy, FSDP2Strategy):
             return
         for m in self.sharded_modules():

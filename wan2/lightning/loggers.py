@@ -29,6 +29,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from wan2.compat import set_logger_step
+
 RUN_ID_FILE = "wandb_run_id"
 
 
@@ -158,4 +160,4 @@ class LogStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._synced:
             self._synced = True
-            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            set_logger_step(trainer, trainer.global_step)

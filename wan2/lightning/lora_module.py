@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wan2.compat import forget_peft_adapters
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.lora import add_lora, lora_config, save_lora
 
@@ -107,6 +108,5 @@ def _merge_peft(module):
             parent = module.get_submodule(parent_name) if parent_name else module
             setattr(parent, child, sub.get_base_layer())
     if hasattr(module, "peft_config"):
-        del module.peft_config
-        module._hf_peft_config_loaded = False
+        forget_peft_adapters(module)
     return module

@@ -28,6 +28,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from wan2.compat import request_graceful_stop
 from wan2.lightning.distributed import local_tensor
 
 log = logging.getLogger("wan2")
@@ -235,7 +236,7 @@ class Preemption(L.Callback):
                 log.warning("received %s: ignored (not in reliability.preemption_signals)", name)
                 return
             log.info("received %s: stopping after this batch", name)
-            trainer._signal_connector.received_sigterm = True
+            request_graceful_stop(trainer)
 
         pending = startup.hand_over(request_stop) or next(iter(self._early), None)
         if not startup.installed():
@@ -274,30 +275,3 @@ class Preemption(L.Callback):
                 "preempted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, self.path
             )
         self._release(trainer)  # teardown hooks do not run after an exception
-
-
-# ----------------------------------------------------------------------------- fault injection (tests)
-class FaultInjector(L.Callback):
-    """Poison chosen steps to check that a run survives them (used by tests/test_faults.py).
-
-    ``nan_input_steps``: every float tensor of the batch becomes NaN (a non-finite loss);
-    ``nan_grad_steps``: one gradient becomes inf after backward (a non-finite gradient).
-
-        python train.py experiment=pretrain_tiny +callbacks.faults._target_=wan2.lightning.reliability.FaultInjector \\
-            +callbacks.faults.nan_input_steps=[10,11]
-    """
-
-    def __init__(self, nan_input_steps=(), nan_grad_steps=()):
-        self.nan_input_steps = {int(s) for s in nan_input_steps}
-        self.nan_grad_steps = {int(s) for s in nan_grad_steps}
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step in self.nan_input_steps:
-            for value in batch.values():
-                if torch.is_tensor(value) and value.is_floating_point():
-                    value.fill_(float("nan"))
-
-    def on_after_backward(self, trainer, pl_module) -> None:
-        if trainer.global_step in self.nan_grad_steps:
-            p = next(p for p in pl_module.parameters() if p.grad is not None)
-            p.grad.view(-1)[0] = float("inf")

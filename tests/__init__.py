@@ -1,0 +1,1 @@
+"""The test suite is a package so that test files share helpers with ``from tests.conftest import ...``."""

@@ -1,0 +1,68 @@
+"""Callbacks that exist for the tests (and for trying a failure by hand); no config of a real run uses them.
+
+- ``FaultInjector``: poisons chosen steps (NaN inputs, an inf gradient) to check that a run survives them
+  (tests/test_faults.py, docs/reliability.md);
+- ``SampleIndexLog``: which dataset indices each rank trained on, step by step (a data-order audit,
+  tests/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class FaultInjector(L.Callback):
+    """Poison chosen steps to check that a run survives them (used by tests/test_faults.py).
+
+    ``nan_input_steps``: every float tensor of the batch becomes NaN (a non-finite loss);
+    ``nan_grad_steps``: one gradient becomes inf after backward (a non-finite gradient).
+
+        python train.py experiment=pretrain_tiny +callbacks.faults._target_=wan2.testing.FaultInjector \\
+            +callbacks.faults.nan_input_steps=[10,11]
+    """
+
+    def __init__(self, nan_input_steps=(), nan_grad_steps=()):
+        self.nan_input_steps = {int(s) for s in nan_input_steps}
+        self.nan_grad_steps = {int(s) for s in nan_grad_steps}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step in self.nan_input_steps:
+            for value in batch.values():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    value.fill_(float("nan"))
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step in self.nan_grad_steps:
+            p = next(p for p in pl_module.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = float("inf")
+
+
+class SampleIndexLog(L.Callback):
+    """Append ``{"rank", "epoch", "step", "index": [...]}`` per training batch to ``<dirpath>/rank<R>.jsonl``.
+
+    Needs batches with ``index`` (RankJump and latent-cache data). Checks that every sample is seen once per
+    epoch across ranks, and that N ranks see the global batch one process sees (tests/test_distributed.py):
+
+        python train.py ... +callbacks.sample_log._target_=wan2.testing.SampleIndexLog \\
+            +callbacks.sample_log.dirpath=outputs/sample_log
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if "index" not in batch:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        row = {
+            "rank": trainer.global_rank,
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "index": torch.as_tensor(batch["index"]).tolist(),
+        }
+        with open(self.dirpath / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
