@@ -15,10 +15,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import ROOT
 from wan2.inference import NonFiniteVideoError, Wan2T2V
 from wan2.lora import LoraFileError
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "pretrained" / "wan_tiny_base"
 SHIPPED = ROOT / "pretrained" / "lora_rankup"
 KEY = "transformer.blocks.0.attn1.to_q"  # the module the single-key cases break

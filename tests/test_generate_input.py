@@ -15,11 +15,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.conftest import ROOT
 from wan2.backbones.stack import build_backbone
 from wan2.export import export_pipeline
 from wan2.inference import NonFiniteVideoError, Wan2T2V
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = {
     "num_frames": 17,
     "height": 32,

@@ -10,11 +10,11 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from test_faults import ckpt_step, env, interrupt_at, tiny_run_args
-
+from tests.conftest import ROOT
+from tests.conftest import train_env as env
+from tests.test_faults import ckpt_step, interrupt_at, tiny_run_args
 from wan2.lightning.loggers import RUN_ID_FILE, CSVLogger, read_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
 LOGGING = ["logger=wandb", "trainer.log_every_n_steps=1"]
 

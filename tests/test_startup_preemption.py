@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.conftest import ROOT
 from wan2 import startup
 
-ROOT = Path(__file__).resolve().parents[1]
 STARTUP_LINE = "stopped: preempted during start-up"
 
 

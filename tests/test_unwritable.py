@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from wan2.startup import dir_problem
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
