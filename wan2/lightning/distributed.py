@@ -98,7 +98,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         path = Path(self.broadcast(str(checkpoint_path)))
         if not (path.is_dir() and (path / "meta.pt").is_file()):
             return super().load_checkpoint(path, weights_only=True)
-        from torch.distributed.checkpoint import load
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -109,12 +108,12 @@ class FSDP2Strategy(ModelParallelStrategy):
         from wan2.lightning.reliability import safe_torch_load
 
         state = {"state_dict": get_model_state_dict(self.model)}
-        load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+        load_sharded(state, path)
         self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
         for i, optimizer in enumerate(self.optimizers):
             key = f"optimizer_{i}"
             state = {key: get_optimizer_state_dict(self.model, optimizer)}
-            load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+            load_sharded(state, path)
             set_optimizer_state_dict(
                 self.model, optimizer, optim_state_dict=state[key], options=StateDictOptions(cpu_offload=True)
             )
@@ -137,14 +136,24 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 class SafeFileSystemReader(FileSystemReader):
     """torch's sharded-checkpoint reader with ``.metadata`` read by ``read_dcp_metadata`` (only checkpoint-
-    metadata classes are unpickled; torch uses plain ``pickle.load``). Tensors are read weights-only by torch."""
+    metadata classes are unpickled; torch uses plain ``pickle.load``). Tensors are read weights-only by torch.
+
+    torch turns a failed metadata read into a fallback and then an ``AssertionError`` holding only the text;
+    the refusal is kept in ``refusal`` so that ``load_sharded`` can raise it as it was."""
+
+    refusal: Exception | None = None
 
     def read_metadata(self, *args, **kwargs):
         from torch.distributed.checkpoint.metadata import StorageMeta
 
-        from wan2.lightning.reliability import read_dcp_metadata
+        from wan2.lightning.reliability import UnsafeCheckpointError, read_dcp_metadata
 
-        metadata = read_dcp_metadata(self._get_metadata_path(kwargs.get("rank")))
+        try:
+            metadata = read_dcp_metadata(self._get_metadata_path(kwargs.get("rank")))
+        except UnsafeCheckpointError as err:
+            if kwargs.get("rank") is None and self.refusal is None:  # not torch's per-rank fallback
+                self.refusal = err
+            raise
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -167,6 +176,26 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         torch.save(obj, clean)
         clean.seek(0)
         super().load_bytes(read_item, clean)
+
+
+def load_sharded(state: dict, path: Path) -> None:
+    """``torch.distributed.checkpoint.load`` into ``state`` through ``SafeFileSystemReader`` /
+    ``SafeLoadPlanner``; a refused or damaged file surfaces as its own one-line ``UnsafeCheckpointError``
+    (torch wraps what fails on any rank into a ``CheckpointException`` holding every rank's traceback)."""
+    from torch.distributed.checkpoint import CheckpointException, load
+
+    from wan2.lightning.reliability import UnsafeCheckpointError
+
+    reader = SafeFileSystemReader(path)
+    try:
+        load(state, storage_reader=reader, planner=SafeLoadPlanner())
+    except CheckpointException as err:
+        for exc, _ in err.failures.values():
+            if isinstance(exc, UnsafeCheckpointError):
+                raise exc from None
+        if reader.refusal is not None:
+            raise reader.refusal from None
+        raise
 
 
 def shard_per_block(
