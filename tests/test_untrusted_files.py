@@ -254,18 +254,6 @@ def test_train_refuses_a_crafted_sharded_checkpoint_in_one_line(crafted, file):
     assert (out / "checkpoints" / "last.ckpt" / file).is_file()  # nothing deleted
 
 
-def test_train_resumes_a_real_sharded_checkpoint_through_the_safe_reader(fsdp_ckpt, tmp_path):
-    """The genuine folder resumes (FSDP2Strategy.load_checkpoint -> SafeFileSystemReader / SafeLoadPlanner):
-    step 2 -> 3; a non-FSDP run given the folder says in one line to use trainer=fsdp."""
-    out = tmp_path / "run"
-    shutil.copytree(fsdp_ckpt, out / "checkpoints" / "last.ckpt")
-    r = train(*tiny(out, tmp_path / "data", 2, "ckpt_path=last"))
-    one_line_refusal(r, "sharded (FSDP) checkpoint", "trainer=fsdp")
-    r = train(*tiny(out, tmp_path / "data", 3, *FSDP_CPU, "ckpt_path=last"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert safe_torch_load(out / "checkpoints" / "last.ckpt" / "meta.pt")["global_step"] == 3
-
-
 def test_truncated_checkpoints_are_called_truncated_not_refused(tmp_path):
     """A truncated ``last.ckpt`` (and ``.metadata``): one line 'truncated or corrupt', never 'refused to
     unpickle', with the other checkpoints of the folder named."""
@@ -279,3 +267,15 @@ def test_truncated_checkpoints_are_called_truncated_not_refused(tmp_path):
     r = train(*tiny(tmp_path / "run", tmp_path / "data", 2, "ckpt_path=last"))
     line = one_line_refusal(r, str(ckpt / "last.ckpt"), "truncated or corrupt", "epoch=0-step=3.ckpt")
     assert "refused" not in line
+
+
+def test_train_resumes_a_real_sharded_checkpoint_through_the_safe_reader(fsdp_ckpt, tmp_path):
+    """The genuine folder resumes in its own run folder (FSDP2Strategy.load_checkpoint ->
+    SafeFileSystemReader / SafeLoadPlanner): step 2 -> 3; a non-FSDP run given it says in one line to use
+    trainer=fsdp. Last in this file: it moves the shared checkpoint on."""
+    out = fsdp_ckpt.parent.parent
+    r = train(*tiny(out, tmp_path / "data", 3, "ckpt_path=last"))
+    one_line_refusal(r, "sharded (FSDP) checkpoint", "trainer=fsdp")
+    r = train(*tiny(out, out.parent / "data", 3, *FSDP_CPU, "ckpt_path=last"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert safe_torch_load(fsdp_ckpt / "meta.pt")["global_step"] == 3

@@ -78,8 +78,12 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
             raise UnsafeCheckpointError(
                 f"{name} is not a weights-only torch checkpoint (refused to unpickle it: {why})"
             ) from None
-        raise UnsafeCheckpointError(  # a raw pickle or noise: either way nothing is unpickled
-            f"{name} is not a torch checkpoint archive (a raw pickle or a damaged file; refused to unpickle it: {why})"
+        if head[:1] == b"\x80":  # pickle's PROTO opcode: a raw pickle (or torch's legacy format)
+            raise UnsafeCheckpointError(
+                f"{name} is a raw pickle, not a torch checkpoint archive (refused to unpickle it: {why})"
+            ) from None
+        raise CorruptCheckpointError(
+            f"{name} is truncated or corrupt (not a torch checkpoint: {why})"
         ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, TypeError) as err:
         raise CorruptCheckpointError(
@@ -315,7 +319,7 @@ class NonFiniteGuard(L.Callback):
         if not trainer.strategy.broadcast(good.exists()):  # every rank saves (a collective under FSDP)
             self._saving_good = True
             try:
-                trainer.save_checkpoint(good)
+                trainer.save_checkpoint(good, weights_only=False)
             finally:
                 self._saving_good = False
             self.good_step = trainer.global_step
@@ -343,7 +347,8 @@ class NonFiniteGuard(L.Callback):
         if self.dirpath is None or self._saved_step != trainer.global_step:
             return
         self._saved_step = None
-        src = self.dirpath / "last.ckpt"
+        # ModelCheckpoint's last checkpoint (last-v1.ckpt when it found a last.ckpt of another run folder)
+        src = Path(getattr(trainer.checkpoint_callback, "last_model_path", "") or self.dirpath / "last.ckpt")
         if trainer.is_global_zero and src.exists():
             link_or_copy(src, self.dirpath / self.GOOD_NAME)
         self.good_step = trainer.global_step
@@ -506,16 +511,26 @@ class FaultInjector(L.Callback):
     ``nan_input_steps``: every float tensor of the batch becomes NaN (a non-finite loss);
     ``nan_grad_steps``: one gradient becomes inf after backward (a non-finite gradient);
     ``rm_checkpoints_steps``: the checkpoint folder is deleted while the checkpoint of that step is being saved
-    (after Lightning collected it, before the file is written).
+    (after Lightning collected it, before the file is written);
+    ``blowup_steps``: every weight is multiplied by 1e30 after that step's update (a diverged run whose huge
+    but finite weights get checkpointed).
 
         python train.py experiment=pretrain_tiny +callbacks.faults._target_=wan2.lightning.reliability.FaultInjector \\
             +callbacks.faults.nan_input_steps=[10,11]
     """
 
-    def __init__(self, nan_input_steps=(), nan_grad_steps=(), rm_checkpoints_steps=()):
+    def __init__(self, nan_input_steps=(), nan_grad_steps=(), rm_checkpoints_steps=(), blowup_steps=()):
         self.nan_input_steps = {int(s) for s in nan_input_steps}
         self.nan_grad_steps = {int(s) for s in nan_grad_steps}
         self.rm_checkpoints_steps = {int(s) for s in rm_checkpoints_steps}
+        self.blowup_steps = {int(s) for s in blowup_steps}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step in self.blowup_steps:  # before ModelCheckpoint (it runs last) saves this step
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    if p.requires_grad:
+                        p.mul_(1e30)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if trainer.global_step in self.rm_checkpoints_steps and trainer.is_global_zero:
