@@ -65,8 +65,11 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
     truncated or damaged file is reported as such (``CorruptCheckpointError``), not as a refusal. ``mmap=True``
     maps the tensors instead of reading them: a cheap check of a large checkpoint."""
     name = repr(os.fspath(path))
-    with open(path, "rb") as f:  # FileNotFoundError / IsADirectoryError: the caller's to word
-        head = f.read(len(ZIP_MAGIC))
+    try:
+        with open(path, "rb") as f:  # FileNotFoundError / IsADirectoryError: the caller's to word
+            head = f.read(len(ZIP_MAGIC))
+    except PermissionError as err:
+        raise UnsafeCheckpointError(f"{name} cannot be read ({err.strerror})") from None
     if not head:
         raise CorruptCheckpointError(f"{name} is empty (a truncated write?): not a checkpoint")
     archive = head == ZIP_MAGIC
