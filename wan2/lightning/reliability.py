@@ -291,8 +291,9 @@ class NonFiniteGuard(L.Callback):
     ``nonfinite/skipped``, ``nonfinite/loss`` and ``nonfinite/grad`` and kept in ``counts``.
 
     The last good state, ``<dirpath>/last_good.ckpt``: the state the run started from (written at the start
-    when missing), then each ``last.ckpt`` whose weights gave a finite loss and gradient at the next step with
-    the loss at most ``blowup`` times the median of the recent ones (a hard link, no copy). Weights that blew
+    when missing; not for a fresh sharded run, see ``_fresh_sharded``), then each ``last.ckpt`` whose weights
+    gave a finite loss and gradient at the next step with the loss at most ``blowup`` times the median of the
+    recent ones (a hard link, no copy). Weights that blew
     up (``objective.lr=1e30``: huge but finite after one step, NaN after the next) are never promoted, so the
     stop message names a state worth resuming from; ``last.ckpt`` stays as it was (nothing is deleted).
     """
@@ -319,6 +320,8 @@ class NonFiniteGuard(L.Callback):
         if self.dirpath is None:
             return
         good = self.dirpath / self.GOOD_NAME
+        if _fresh_sharded(trainer):  # saving would change the run; last_good.ckpt comes with a promotion
+            return
         if not trainer.strategy.broadcast(good.exists()):  # every rank saves (a collective under FSDP)
             self._saving_good = True
             try:
@@ -438,6 +441,16 @@ class NonFiniteGuard(L.Callback):
         self.in_row = int(state.get("in_row", 0))
         self.losses = [float(x) for x in state.get("losses", [])]
         self.good_step = state.get("good_step")
+
+
+def _fresh_sharded(trainer) -> bool:
+    """A sharded (FSDP) run whose optimizers have no state yet: saving it now would make torch's sharded
+    optimizer state dict initialise them with a zero-gradient step (Adam's step count, hence its bias
+    correction, would then differ from an unsaved run)."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    sharded = isinstance(trainer.strategy, ModelParallelStrategy | FSDPStrategy)
+    return sharded and not all(opt.state for opt in trainer.optimizers)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
