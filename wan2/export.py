@@ -42,6 +42,29 @@ def swap_in(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# What a killed atomic write leaves next to its target: ``.NAME.tmp-*`` (atomic_dir, atomic_write_text,
+# AtomicCheckpointIO, link_or_copy), ``.NAME.old-*`` (swap_in without renameat2), ``NAME.ckpt.tmp``
+# (FSDP2Strategy's sharded checkpoints).
+LEFTOVER_PATTERNS = (".*.tmp-*", ".*.old-*", "*.ckpt.tmp")
+
+
+def remove_leftovers(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Delete the leftovers of killed writes in ``folder`` (only those of target ``name`` when given); returns
+    them. Call it where no other process is writing: at the start of a run in its own run folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted({p for pattern in LEFTOVER_PATTERNS for p in folder.glob(pattern)})
+    if name is not None:
+        found = [p for p in found if p.name.startswith((f".{name}.tmp-", f".{name}.old-", f"{name}.tmp"))]
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where that is unavailable."""
     import ctypes

@@ -23,18 +23,21 @@ import wan2.config_resolvers  # noqa: F401
 from wan2 import startup
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
-from wan2.export import atomic_write_text
+from wan2.data.cache import StaleCacheError
+from wan2.export import atomic_write_text, remove_leftovers
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
 from wan2.lightning.loggers import LogStep
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
+    CorruptCheckpointError,
     NonFiniteError,
     NonFiniteGuard,
     Preempted,
     Preemption,
     StepSeed,
     UnsafeCheckpointError,
+    check_sharded_checkpoint,
     safe_torch_load,
 )
 
@@ -57,21 +60,50 @@ def _link_latest(run_dir: Path) -> None:
     os.replace(tmp, latest)
 
 
-def _resolve_ckpt(ckpt_path, out_dir: Path):
+def _resolve_ckpt(ckpt_path, out_dir: Path, sharded_ok: bool = True):
+    """The checkpoint to resume from, vetted before anything is built (one-line errors naming the file): a file
+    loads weights-only (tensors mapped, not read); a sharded (FSDP) folder has ``meta.pt`` weights-only and
+    ``.metadata`` through the restricted unpickler (``check_sharded_checkpoint``). ``last`` is vetted the same."""
     if ckpt_path in (None, "", "none"):
         return None
     if ckpt_path == "last":
         last = out_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if Path(ckpt_path).is_dir() and (Path(ckpt_path) / "meta.pt").is_file():  # a sharded (FSDP) checkpoint
-        safe_torch_load(Path(ckpt_path) / "meta.pt", mmap=True)
-        return ckpt_path
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(
-            f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)"
-        )
-    safe_torch_load(ckpt_path, mmap=True)  # refuse a pickle before anything is built; mmap: tensors not read
-    return ckpt_path
+        if not last.exists():
+            return None
+        ckpt_path = str(last)
+    path = Path(ckpt_path)
+    try:
+        if path.is_dir():
+            if not (path / "meta.pt").is_file():
+                raise ConfigError(
+                    f"ckpt_path: {ckpt_path!r} is a folder but not a sharded checkpoint (no meta.pt)"
+                )
+            if not sharded_ok:
+                raise ConfigError(
+                    f"ckpt_path: {ckpt_path!r} is a sharded (FSDP) checkpoint folder: resume it with trainer=fsdp"
+                )
+            check_sharded_checkpoint(path)
+            return str(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path: {ckpt_path!r} is not a file (use 'last' to resume the run folder's last.ckpt)"
+            )
+        safe_torch_load(path, mmap=True)  # refuse a pickle before anything is built; mmap: tensors not read
+    except CorruptCheckpointError as err:
+        others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
+        raise CorruptCheckpointError(
+            f"{err}; other checkpoints in {str(path.parent)!r}: {others}" if others else str(err)
+        ) from None
+    return str(path)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Rank 0, at start: delete what killed checkpoint / export writes left in the run folder."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    found = remove_leftovers(out_dir) + remove_leftovers(out_dir / "checkpoints")
+    if found:
+        log.warning("removed %d leftovers of interrupted writes: %s", len(found), [p.name for p in found])
 
 
 RUN_DIR_ENV = "WAN2_RUN_DIR"
@@ -92,7 +124,7 @@ def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
     rel = cfg.get("reliability") or {}
     return [
         StepSeed(cfg.seed),
-        NonFiniteGuard(int(rel.get("max_nonfinite_in_row", 20))),
+        NonFiniteGuard(int(rel.get("max_nonfinite_in_row", 20)), dirpath=out_dir / "checkpoints"),
         Preemption(out_dir / "checkpoints", tuple(rel.get("preemption_signals", ["SIGUSR1"]))),
     ]
 
@@ -129,8 +161,9 @@ def train(cfg: DictConfig) -> dict:
     validate(cfg)
     _share_run_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), out_dir)
+    ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), out_dir, sharded_ok=is_fsdp(cfg.trainer.get("strategy")))
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
 
@@ -182,7 +215,7 @@ def run_cli(fn, cfg: DictConfig):
     """Call ``fn(cfg)``; a config or input error prints one line and exits 2 (no traceback)."""
     try:
         return fn(cfg)
-    except (ConfigError, BackboneError, UnsafeCheckpointError) as err:
+    except (ConfigError, BackboneError, UnsafeCheckpointError, StaleCacheError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteError as err:

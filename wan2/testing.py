@@ -19,15 +19,35 @@ class FaultInjector(L.Callback):
     """Poison chosen steps to check that a run survives them (used by tests/test_faults.py).
 
     ``nan_input_steps``: every float tensor of the batch becomes NaN (a non-finite loss);
-    ``nan_grad_steps``: one gradient becomes inf after backward (a non-finite gradient).
+    ``nan_grad_steps``: one gradient becomes inf after backward (a non-finite gradient);
+    ``rm_checkpoints_steps``: the checkpoint folder is deleted while the checkpoint of that step is being saved
+    (after Lightning collected it, before the file is written);
+    ``blowup_steps``: every weight is multiplied by 1e30 after that step's update (a diverged run whose huge
+    but finite weights get checkpointed).
 
         python train.py experiment=pretrain_tiny +callbacks.faults._target_=wan2.testing.FaultInjector \\
             +callbacks.faults.nan_input_steps=[10,11]
     """
 
-    def __init__(self, nan_input_steps=(), nan_grad_steps=()):
+    def __init__(self, nan_input_steps=(), nan_grad_steps=(), rm_checkpoints_steps=(), blowup_steps=()):
         self.nan_input_steps = {int(s) for s in nan_input_steps}
         self.nan_grad_steps = {int(s) for s in nan_grad_steps}
+        self.rm_checkpoints_steps = {int(s) for s in rm_checkpoints_steps}
+        self.blowup_steps = {int(s) for s in blowup_steps}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step in self.blowup_steps:  # before ModelCheckpoint (it runs last) saves this step
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    if p.requires_grad:
+                        p.mul_(1e30)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.global_step in self.rm_checkpoints_steps and trainer.is_global_zero:
+            import shutil
+
+            self.rm_checkpoints_steps.discard(trainer.global_step)
+            shutil.rmtree(trainer.checkpoint_callback.dirpath, ignore_errors=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step in self.nan_input_steps:

@@ -1,8 +1,10 @@
 """Latent + text-embedding cache: encode clips with the VAE (and captions with a frozen text encoder) once.
 
 A cache directory holds ``latents.safetensors`` (and ``text.safetensors``) plus ``index.json`` with the
-encoder fingerprint (a hash of the encoder config and weights) and a content hash per clip. Training reads
-it when present; a cache made by another encoder is refused (``StaleCacheError``), never silently used.
+encoder fingerprint (a hash of the encoder config and weights), a content hash per clip and the size and
+sha256 of each tensor file. Training reads it when present; a cache made by another encoder is refused
+(``StaleCacheError``), never silently used; a truncated or damaged one (sizes, checksums, the safetensors
+header) is rebuilt by ``cache_mismatch``'s callers or refused (``CorruptCacheError``), never read.
 Any world size can read it: it is a plain map-style dataset.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -18,11 +21,82 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from wan2.data.datasets import collate
-from wan2.export import atomic_dir
+from wan2.export import atomic_dir, remove_leftovers
 
 
 class StaleCacheError(ValueError):
     """The cache was made by a different encoder (or different data) than the one asked for."""
+
+
+class CorruptCacheError(StaleCacheError):
+    """A cache file is truncated or damaged (its size, checksum or header disagrees with index.json)."""
+
+
+TENSOR_FILES = ("latents.safetensors", "text.safetensors")
+
+
+def file_digest(path: Path) -> dict:
+    """``{"bytes", "sha256"}`` of a file, read in 16 MiB pieces (about a second per GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (its header says how long it must be), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path.name} is truncated ({size} bytes)"
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            return f"{path.name} is truncated (header of {n} bytes, file of {size})"
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return f"{path.name} has a damaged header"
+    if size != 8 + n + end:
+        return f"{path.name} is truncated or damaged ({size} bytes, its header says {8 + n + end})"
+    return None
+
+
+_verified: dict[tuple, None] = {}  # (path, size, mtime) of files whose checksum matched in this process
+
+
+def cache_files_problem(cache_dir: str | Path, index: dict, with_text: bool = False) -> str | None:
+    """None when every tensor file of the cache is whole (the sizes and sha256 in ``index.json`` when it has
+    them, the safetensors header always), else what is wrong with which file."""
+    cache_dir = Path(cache_dir)
+    recorded = index.get("files") or {}
+    for name in TENSOR_FILES[: 2 if with_text else 1]:
+        path = cache_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        want = recorded.get(name)
+        st = path.stat()
+        if want is not None and st.st_size != want.get("bytes"):
+            return f"{name} is truncated or damaged ({st.st_size} bytes, index.json says {want.get('bytes')})"
+        if (problem := _safetensors_problem(path)) is not None:
+            return problem
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if want is not None and key not in _verified:
+            if file_digest(path)["sha256"] != want.get("sha256"):
+                return f"{name} is damaged (its sha256 differs from index.json)"
+            _verified[key] = None
+    return None
+
+
+def read_index(cache_dir: str | Path) -> dict | None:
+    """``index.json`` of a cache, or None when it is missing or not valid JSON (e.g. cut short)."""
+    try:
+        index = json.loads((Path(cache_dir) / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) else None
 
 
 # Config entries that say where or how a module was loaded, not what it computes.
@@ -105,8 +179,13 @@ def build_latent_cache(
         save_file({"latents": torch.cat(lat).contiguous()}, str(d / "latents.safetensors"))
         if with_text:
             save_file({"text_emb": torch.cat(txt).contiguous()}, str(d / "text.safetensors"))
+        index["files"] = {p.name: file_digest(p) for p in sorted(d.glob("*.safetensors"))}
         (d / "index.json").write_text(json.dumps(index))
 
+    out_dir = Path(out_dir)
+    remove_leftovers(
+        out_dir.parent, name=out_dir.name
+    )  # half-written copies of this cache from a killed build
     try:
         return atomic_dir(out_dir, write)
     except OSError as err:  # e.g. the disk filled up while writing: the temp folder is gone already
@@ -119,10 +198,13 @@ def cache_mismatch(
     cache_dir: str | Path, backbone, *, with_text: bool = False, info: dict | None = None
 ) -> str | None:
     """None when ``cache_dir`` holds a complete cache of these encoders (and this ``info``), else why not."""
-    index_file = Path(cache_dir) / "index.json"
-    if not index_file.is_file():
+    if not (Path(cache_dir) / "index.json").is_file():
         return "no cache"
-    index = json.loads(index_file.read_text())
+    index = read_index(cache_dir)
+    if index is None:
+        return "index.json is damaged (not valid JSON)"
+    if (problem := cache_files_problem(cache_dir, index, with_text)) is not None:
+        return problem
     if index.get("vae") != module_fingerprint(backbone.vae):
         return f"made by VAE {index.get('vae')}, not {module_fingerprint(backbone.vae)}"
     if with_text:
@@ -147,7 +229,12 @@ class LatentCacheDataset(Dataset):
         index_file = cache_dir / "index.json"
         if not index_file.is_file():
             raise FileNotFoundError(f"data.cache: no index.json in {str(cache_dir)!r}")
-        index = json.loads(index_file.read_text())
+        index = read_index(cache_dir)
+        problem = (
+            "index.json is damaged" if index is None else cache_files_problem(cache_dir, index, with_text)
+        )
+        if problem is not None:
+            raise CorruptCacheError(f"data.cache: {str(cache_dir)!r}: {problem}; delete it to rebuild it")
         want = module_fingerprint(backbone.vae)
         if index["vae"] != want:
             raise StaleCacheError(

@@ -6,7 +6,8 @@
 - ``clip_grad_norm``: gradient clipping that works on sharded (DTensor) gradients;
 - the blocks sharded one by one are ``wan2.backbones.wan_layout.wan_block_classes`` (FSDP2 here; also the
   ``auto_wrap_policy`` of Lightning's FSDP1 ``FSDPStrategy``, GPU only, for configs that select it);
-- ``is_fsdp``: whether a ``trainer.strategy`` value selects FSDP (its checkpoints are sharded directories).
+- ``is_fsdp``: whether a ``trainer.strategy`` value selects FSDP (its checkpoints are sharded directories);
+- ``SafeFileSystemReader`` / ``SafeLoadPlanner``: read a sharded checkpoint without running a pickle from it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from wan2.compat import saves_distributed_checkpoint, set_model_parallel_sizes
 
@@ -87,6 +90,34 @@ class FSDP2Strategy(ModelParallelStrategy):
             swap_in(tmp, path)
         self.barrier("wan2_ckpt_swapped")
 
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """Lightning's sharded load (model, then each optimizer, then ``meta.pt``), read through
+        ``SafeFileSystemReader`` / ``SafeLoadPlanner``: no file of the folder is unpickled beyond plain data,
+        even one swapped in after ``wan2.tasks`` vetted it. A single-file checkpoint loads weights-only."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not (path.is_dir() and (path / "meta.pt").is_file()):
+            return super().load_checkpoint(path, weights_only=True)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        from wan2.lightning.reliability import safe_torch_load
+
+        state = {"state_dict": get_model_state_dict(self.model)}
+        load_sharded(state, path)
+        self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        for i, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{i}"
+            state = {key: get_optimizer_state_dict(self.model, optimizer)}
+            load_sharded(state, path)
+            set_optimizer_state_dict(
+                self.model, optimizer, optim_state_dict=state[key], options=StateDictOptions(cpu_offload=True)
+            )
+        return safe_torch_load(path / "meta.pt")
+
     def fully_shard_kwargs(self) -> dict:
         """``fully_shard`` arguments: the data-parallel mesh, mixed precision, resharding after forward."""
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -100,6 +131,70 @@ class FSDP2Strategy(ModelParallelStrategy):
                 param_dtype=DTYPES.get(self.param_dtype), reduce_dtype=DTYPES.get(self.reduce_dtype)
             )
         return kwargs
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """torch's sharded-checkpoint reader with ``.metadata`` read by ``read_dcp_metadata`` (only checkpoint-
+    metadata classes are unpickled; torch uses plain ``pickle.load``). Tensors are read weights-only by torch.
+
+    torch turns a failed metadata read into a fallback and then an ``AssertionError`` holding only the text;
+    the refusal is kept in ``refusal`` so that ``load_sharded`` can raise it as it was."""
+
+    refusal: Exception | None = None
+
+    def read_metadata(self, *args, **kwargs):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        from wan2.lightning.reliability import UnsafeCheckpointError, read_dcp_metadata
+
+        try:
+            metadata = read_dcp_metadata(self._get_metadata_path(kwargs.get("rank")))
+        except UnsafeCheckpointError as err:
+            if kwargs.get("rank") is None and self.refusal is None:  # not torch's per-rank fallback
+                self.refusal = err
+            raise
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """torch's load planner with non-tensor entries (optimizer ``lr``, ``betas``, ...) unpickled weights-only
+    (torch's own uses ``weights_only=False`` there)."""
+
+    def load_bytes(self, read_item, value) -> None:
+        import io
+
+        from wan2.lightning.reliability import load_dcp_bytes
+
+        # the file's bytes are unpickled weights-only (UnsafeCheckpointError otherwise); torch's own loader then
+        # reads a pickle written here from that plain object, never the file's bytes
+        obj = load_dcp_bytes(value, f"sharded checkpoint entry {read_item.dest_index.fqn!r}")
+        clean = io.BytesIO()
+        torch.save(obj, clean)
+        clean.seek(0)
+        super().load_bytes(read_item, clean)
+
+
+def load_sharded(state: dict, path: Path) -> None:
+    """``torch.distributed.checkpoint.load`` into ``state`` through ``SafeFileSystemReader`` /
+    ``SafeLoadPlanner``; a refused or damaged file surfaces as its own one-line ``UnsafeCheckpointError``
+    (torch wraps what fails on any rank into a ``CheckpointException`` holding every rank's traceback)."""
+    from torch.distributed.checkpoint import CheckpointException, load
+
+    from wan2.lightning.reliability import UnsafeCheckpointError
+
+    reader = SafeFileSystemReader(path)
+    try:
+        load(state, storage_reader=reader, planner=SafeLoadPlanner())
+    except CheckpointException as err:
+        for exc, _ in err.failures.values():
+            if isinstance(exc, UnsafeCheckpointError):
+                raise exc from None
+        if reader.refusal is not None:
+            raise reader.refusal from None
+        raise
 
 
 def shard_per_block(

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -45,29 +46,192 @@ class Preempted(RuntimeError):
 
 
 class UnsafeCheckpointError(ValueError):
-    """A checkpoint that is not a plain weights-only torch file (e.g. a pickle of arbitrary objects)."""
+    """A checkpoint file wan2 will not load: a pickle of arbitrary objects (refused, never run) or, as
+    ``CorruptCheckpointError``, a truncated or damaged file."""
+
+
+class CorruptCheckpointError(UnsafeCheckpointError):
+    """A checkpoint that is truncated (e.g. a killed copy) or damaged: not a complete torch checkpoint."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive format (the only one Lightning writes)
 
 
 # ----------------------------------------------------------------------------- checkpoint files
 def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
-    """``torch.load(path, weights_only=True)`` with a one-line error naming the file when it is refused.
+    """``torch.load(path, weights_only=True)`` with a one-line error naming the file when it cannot be used.
 
-    ``mmap=True`` maps the tensors instead of reading them: a cheap check of a large checkpoint."""
+    A pickle that names anything but tensors and plain containers is refused (``UnsafeCheckpointError``); a
+    truncated or damaged file is reported as such (``CorruptCheckpointError``), not as a refusal. ``mmap=True``
+    maps the tensors instead of reading them: a cheap check of a large checkpoint."""
+    name = repr(os.fspath(path))
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnsafeCheckpointError(
-            f"{os.fspath(path)!r} is not a weights-only torch checkpoint (refused to unpickle it: {first[:160]})"
+        with open(path, "rb") as f:  # FileNotFoundError / IsADirectoryError: the caller's to word
+            head = f.read(len(ZIP_MAGIC))
+    except PermissionError as err:
+        raise UnsafeCheckpointError(f"{name} cannot be read ({err.strerror})") from None
+    if not head:
+        raise CorruptCheckpointError(f"{name} is empty (a truncated write?): not a checkpoint")
+    archive = head == ZIP_MAGIC
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and archive)
+    except pickle.UnpicklingError as err:
+        why = _first_line(err, skip="Weights only load failed")
+        if archive:  # a complete archive whose pickle names other objects
+            raise UnsafeCheckpointError(
+                f"{name} is not a weights-only torch checkpoint (refused to unpickle it: {why})"
+            ) from None
+        if head[:1] == b"\x80":  # pickle's PROTO opcode: a raw pickle (or torch's legacy format)
+            raise UnsafeCheckpointError(
+                f"{name} is a raw pickle, not a torch checkpoint archive (refused to unpickle it: {why})"
+            ) from None
+        raise CorruptCheckpointError(
+            f"{name} is truncated or corrupt (not a torch checkpoint: {why})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, TypeError) as err:
+        raise CorruptCheckpointError(
+            f"{name} is truncated or corrupt (not a complete torch checkpoint: {_first_line(err)})"
         ) from None
 
 
+def _first_line(err: BaseException, skip: str = "") -> str:
+    """The first informative line of an error message (torch's run over several paragraphs)."""
+    lines = [
+        ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.strip().startswith(skip or "\0")
+    ]
+    lines = [ln.removeprefix("WeightsUnpickler error:").strip() for ln in lines]
+    return next((ln for ln in lines if ln), type(err).__name__)[:160]
+
+
+# ----------------------------------------------------------------------------- sharded (DCP) checkpoints
+# A sharded checkpoint folder (FSDP2Strategy, torch.distributed.checkpoint) holds meta.pt (torch.save, loaded
+# weights-only), one .distcp file per rank and .metadata, which torch reads with plain pickle.load. wan2 reads
+# .metadata with the unpickler below (the pre-check in wan2.tasks and the load itself,
+# wan2.lightning.distributed.SafeFileSystemReader), so a crafted one cannot run code.
+DCP_METADATA = ".metadata"
+# Every global a real .metadata needs (tests/test_untrusted_files.py unpickles one written by an FSDP2 run), plus
+# torch dtypes; each is a dataclass, an enum or a value, none can run code. A dotted name is never looked up.
+DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # a torch.layout from its name, e.g. "torch.strided"
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},  # StorageMeta.checkpoint_id
+    "collections": {"OrderedDict"},
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global outside ``DCP_GLOBALS``."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only ``DCP_GLOBALS`` and torch dtypes."""
+
+    def find_class(self, module: str, name: str):
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if not (dtype or name in DCP_GLOBALS.get(module, ())):
+            raise _Refused(f"{module}.{name} is not a checkpoint-metadata class")
+        return super().find_class(module, name)
+
+
+def read_dcp_metadata(path: str | os.PathLike):
+    """The ``Metadata`` of a sharded checkpoint, read with only checkpoint-metadata classes allowed; checks
+    that every shard it names is a file inside the checkpoint folder."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            meta = _MetadataUnpickler(f).load()
+    except _Refused as err:
+        raise UnsafeCheckpointError(f"{str(path)!r}: refused to unpickle it ({err})") from None
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{str(path)!r} is missing: not a complete sharded checkpoint") from None
+    except Exception as err:  # noqa: BLE001  (any way a damaged pickle fails)
+        raise CorruptCheckpointError(
+            f"{str(path)!r} is truncated or corrupt (not checkpoint metadata: {_first_line(err)})"
+        ) from None
+    if not (
+        isinstance(meta, Metadata)
+        and isinstance(meta.state_dict_metadata, dict)
+        and isinstance(getattr(meta, "storage_data", None), dict)
+    ):
+        raise CorruptCheckpointError(f"{str(path)!r} is not checkpoint metadata (a {type(meta).__name__})")
+    for info in meta.storage_data.values():
+        rel = getattr(info, "relative_path", None)
+        if not isinstance(rel, str) or rel in ("", ".", "..") or Path(rel).name != rel:
+            raise UnsafeCheckpointError(f"{str(path)!r} names a shard outside its folder: {rel!r}")
+        if not (path.parent / rel).is_file():
+            raise CorruptCheckpointError(f"{str(path)!r} names shard {rel!r}, which is missing")
+    return meta
+
+
+def load_dcp_bytes(data: io.BytesIO, where: str):
+    """A non-tensor entry of a sharded checkpoint (e.g. an optimizer's ``lr``), unpickled weights-only
+    (torch's own loader uses ``weights_only=False`` there)."""
+    try:
+        return torch.load(data, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{where}: refused to unpickle it ({_first_line(err, skip='Weights only load failed')})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, TypeError) as err:
+        raise CorruptCheckpointError(f"{where} is truncated or corrupt ({_first_line(err)})") from None
+
+
+def check_sharded_checkpoint(folder: str | os.PathLike) -> None:
+    """Vet a sharded checkpoint folder before anything is built: ``meta.pt`` weights-only, ``.metadata`` through
+    the restricted unpickler, every non-tensor entry weights-only. Raises ``UnsafeCheckpointError``."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    folder = Path(folder)
+    safe_torch_load(folder / "meta.pt", mmap=True)
+    meta = read_dcp_metadata(folder / DCP_METADATA)
+    for index, info in meta.storage_data.items():
+        if not isinstance(meta.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue  # tensors: torch reads them weights-only itself
+        if info.transform_descriptors:  # compressed entries: SafeLoadPlanner vets them while loading
+            continue
+        with open(folder / info.relative_path, "rb") as f:
+            f.seek(info.offset)
+            data = f.read(info.length)
+        if len(data) != info.length:
+            raise CorruptCheckpointError(f"{str(folder / info.relative_path)!r} is truncated")
+        load_dcp_bytes(io.BytesIO(data), f"{str(folder / info.relative_path)!r} ({index.fqn})")
+
+
 class AtomicCheckpointIO(CheckpointIO):
-    """Write to ``.<name>.tmp-*`` in the same folder, fsync, ``os.replace``: a kill leaves the old file whole."""
+    """Write to ``.<name>.tmp-*`` in the same folder, fsync, ``os.replace``: a kill leaves the old file whole.
+
+    A folder deleted while a checkpoint is written (e.g. ``rm -r checkpoints/``) is made again and the
+    checkpoint written again: the run goes on."""
+
+    attempts = 3
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, self.attempts + 1):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._write(checkpoint, path)
+                return
+            except FileNotFoundError:  # the folder vanished between mkdir and os.replace
+                if attempt == self.attempts:
+                    raise
+                log.warning("%s vanished while %s was written: writing it again", path.parent, path.name)
+
+    @staticmethod
+    def _write(checkpoint: dict, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -125,24 +289,84 @@ class NonFiniteGuard(L.Callback):
     Skipping sets every gradient to None before the optimizer step (AdamW then leaves weights and moments
     untouched) and raises ``pl_module.skip_ema_update`` so the EMA does not move either. Counts are logged as
     ``nonfinite/skipped``, ``nonfinite/loss`` and ``nonfinite/grad`` and kept in ``counts``.
+
+    The last good state, ``<dirpath>/last_good.ckpt``: the state the run started from (written at the start
+    when missing; not for a fresh sharded run, see ``_fresh_sharded``), then each ``last.ckpt`` whose weights
+    gave a finite loss and gradient at the next step with the loss at most ``blowup`` times the median of the
+    recent ones (a hard link, no copy). Weights that blew
+    up (``objective.lr=1e30``: huge but finite after one step, NaN after the next) are never promoted, so the
+    stop message names a state worth resuming from; ``last.ckpt`` stays as it was (nothing is deleted).
     """
 
-    def __init__(self, max_in_row: int = 20):
+    GOOD_NAME = "last_good.ckpt"
+
+    def __init__(self, max_in_row: int = 20, dirpath: str | os.PathLike | None = None, blowup: float = 100.0):
         if max_in_row < 1:
             raise ValueError(f"max_in_row: {max_in_row} must be >= 1")
         self.max_in_row = int(max_in_row)
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.blowup = float(blowup)
         self.counts = {"skipped": 0, "loss": 0, "grad": 0}
         self.in_row = 0
+        self.losses: list[float] = []  # the last 50 accepted losses (kept in checkpoints)
+        self.good_step: int | None = None  # global step of the state in last_good.ckpt
+        self._saved_step: int | None = None  # global step of the newest last.ckpt, not judged yet
+        self._saving_good = False
         self._loss_bad = False
         self._last_loss = None
 
+    # -- last good state
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.dirpath is None:
+            return
+        good = self.dirpath / self.GOOD_NAME
+        if _fresh_sharded(trainer):  # saving would change the run; last_good.ckpt comes with a promotion
+            return
+        if not trainer.strategy.broadcast(good.exists()):  # every rank saves (a collective under FSDP)
+            self._saving_good = True
+            try:
+                trainer.save_checkpoint(good, weights_only=False)
+            finally:
+                self._saving_good = False
+            self.good_step = trainer.global_step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if not self._saving_good:  # ModelCheckpoint / Preemption: last.ckpt now holds this step
+            self._saved_step = trainer.global_step
+
+    def _judge(self, trainer, loss: float) -> None:
+        """A finite step: promote last.ckpt when it holds the weights that gave ``loss`` and ``loss`` has not
+        blown up; remember the loss."""
+        recent = sorted(abs(x) for x in self.losses)
+        median = recent[len(recent) // 2] if recent else None
+        if median is not None and abs(loss) > self.blowup * max(median, 1e-8):
+            log.warning(
+                "step %d: loss %.3g is over %gx the recent median %.3g: %s not advanced",
+                trainer.global_step,
+                loss,
+                self.blowup,
+                median,
+                self.GOOD_NAME,
+            )
+            return
+        self.losses = [*self.losses, loss][-50:]
+        if self.dirpath is None or self._saved_step != trainer.global_step:
+            return
+        self._saved_step = None
+        # ModelCheckpoint's last checkpoint (last-v1.ckpt when it found a last.ckpt of another run folder)
+        src = Path(getattr(trainer.checkpoint_callback, "last_model_path", "") or self.dirpath / "last.ckpt")
+        if trainer.is_global_zero and src.exists():
+            link_or_copy(src, self.dirpath / self.GOOD_NAME)
+        self.good_step = trainer.global_step
+
+    # -- non-finite steps
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._loss_bad = False
         pl_module.skip_ema_update = False
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self._loss_bad = not bool(torch.isfinite(loss.detach()).all())
-        self._last_loss = float(loss.detach().float().mean()) if self._loss_bad else None
+        self._last_loss = float(loss.detach().float().mean())
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -158,6 +382,8 @@ class NonFiniteGuard(L.Callback):
         # own loss): ranks that stepped apart would train different models
         if not trainer.strategy.reduce_boolean_decision(self._loss_bad or grad_bad, all=False):
             self.in_row = 0
+            if self._last_loss is not None:
+                self._judge(trainer, self._last_loss)
             return
         for p in params:
             p.grad = None
@@ -174,12 +400,25 @@ class NonFiniteGuard(L.Callback):
             self.counts["skipped"],
         )
         if self.in_row >= self.max_in_row:
-            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             raise NonFiniteError(
                 f"{self.in_row} non-finite steps in a row (last at step {trainer.global_step}: {what}); stopped. "
-                f"The last good state is {last if last.exists() else 'not saved yet'}"
-                " (raise reliability.max_nonfinite_in_row to tolerate longer streaks)"
+                f"{self._good_state(trainer)} (raise reliability.max_nonfinite_in_row to tolerate longer streaks)"
             )
+
+    def _good_state(self, trainer) -> str:
+        """Where to go back to, in words (part of the one-line stop message)."""
+        if self.dirpath is None:
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            return f"The last good state is {last if last.exists() else 'not saved yet'}"
+        good = self.dirpath / self.GOOD_NAME
+        if not good.exists():
+            return "No good state was saved"
+        step = "" if self.good_step is None else f"step {self.good_step}, "
+        return (
+            f"The last good state is {good} ({step}the newest checkpoint whose weights still gave a finite "
+            f"loss within {self.blowup:g}x of the recent median; resume from it with ckpt_path={good} and "
+            f"e.g. a lower objective.lr); {self.dirpath / 'last.ckpt'} may hold the diverging weights"
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         pl_module.log_dict(
@@ -190,11 +429,53 @@ class NonFiniteGuard(L.Callback):
         )
 
     def state_dict(self) -> dict:
-        return {"counts": dict(self.counts), "in_row": self.in_row}
+        return {
+            "counts": dict(self.counts),
+            "in_row": self.in_row,
+            "losses": list(self.losses),
+            "good_step": self.good_step,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.counts = {**self.counts, **state.get("counts", {})}
         self.in_row = int(state.get("in_row", 0))
+        self.losses = [float(x) for x in state.get("losses", [])]
+        self.good_step = state.get("good_step")
+
+
+def _fresh_sharded(trainer) -> bool:
+    """A sharded (FSDP) run whose optimizers have no state yet: saving it now would make torch's sharded
+    optimizer state dict initialise them with a zero-gradient step (Adam's step count, hence its bias
+    correction, would then differ from an unsaved run)."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    sharded = isinstance(trainer.strategy, ModelParallelStrategy | FSDPStrategy)
+    return sharded and not all(opt.state for opt in trainer.optimizers)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same checkpoint as ``src`` (a file or a sharded folder), atomically: hard links where
+    the filesystem has them (no bytes copied; ``src`` is later replaced, never changed in place), else a copy."""
+    import shutil
+
+    from wan2.export import swap_in
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    tmp.unlink(missing_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, tmp, copy_function=link)
+        swap_in(tmp, dst)
+    else:
+        link(src, tmp)
+        os.replace(tmp, dst)
 
 
 # ----------------------------------------------------------------------------- preemption
