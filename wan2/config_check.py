@@ -29,11 +29,11 @@ from wan2.settings import (
     check_choice,
     check_int,
     check_num,
-    is_int as _is_int,
-    is_num as _is_num,
-    show as _show,
 )
 from wan2.settings import err as _err
+from wan2.settings import is_int as _is_int
+from wan2.settings import is_num as _is_num
+from wan2.settings import show as _show
 
 # Mirrors of Lightning's choices (importing it is slow); tests/test_bad_configs.py keeps them in step.
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # lightning.Trainer(accelerator=...)

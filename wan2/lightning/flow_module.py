@@ -25,8 +25,8 @@ from wan2.diffusion import (
     velocity_target,
 )
 from wan2.lightning.ema import EMA
-from wan2.lightning.flow_config import FlowMatchingConfig
 from wan2.lightning.experts import expert_timesteps, experts_on, resolve_expert, routed_velocity
+from wan2.lightning.flow_config import FlowMatchingConfig
 
 
 def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step: int, limit: int = 8) -> None:
