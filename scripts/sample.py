@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     from wan2.data.rankjump import RankJump, RankJumpConfig
     from wan2.lightning.judging import judge_batch, save_samples
     from wan2.sampling import sample_videos
+    from wan2.sampling_config import SAMPLE_DEFAULTS
 
     try:
         bb = load_backbone(args.export)
@@ -50,8 +51,12 @@ def main(argv=None) -> int:
         mix={e: 1.0 for e in events},
     )
     clips = [RankJump(cfg, args.split, args.num)[i] for i in range(args.num)]
-    steps = args.steps or meta.get("num_inference_steps", 25)
-    guidance = args.guidance if args.guidance is not None else meta.get("guidance_scale", 5.0)
+    steps = args.steps or meta.get("num_inference_steps", SAMPLE_DEFAULTS.num_inference_steps)
+    guidance = (
+        args.guidance
+        if args.guidance is not None
+        else meta.get("guidance_scale", SAMPLE_DEFAULTS.guidance_scale)
+    )
     videos, start = [], time.time()
     for i in range(0, len(clips), args.batch):
         chunk = clips[i : i + args.batch]
