@@ -869,7 +869,6 @@ def plan_inputs(
     shape = describe_transformer(transformer)
     if kind == "lora":
         from wan2.lora.adapters import target_regex
-
         from wan2.lora.config import LoRAConfig
 
         try:
