@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wan2 import objectives
+from wan2.backbones.model_config import ModelConfig
 from wan2.lora.config import TARGET_PRESETS
 from wan2.settings import (
     ConfigError,  # noqa: F401  (re-exported: wan2.config_check.ConfigError)
@@ -189,39 +190,8 @@ def _check_run(cfg: DictConfig) -> None:
 
 
 def _check_model(cfg: DictConfig) -> None:
-    pre = _get(cfg, "model.pretrained")
-    if pre not in (_MISSING, None, ""):
-        if not Path(str(pre)).is_dir():
-            _err(
-                f"model.pretrained: {pre!r} is not a directory (train the base first or point at a diffusers "
-                "export)"
-            )
-        if not (Path(str(pre)) / "model_index.json").is_file():
-            _err(
-                f"model.pretrained: {pre!r} has no model_index.json (allowed: a diffusers WanPipeline folder)"
-            )
-    vae_pre = _get(cfg, "model.vae_pretrained")
-    if vae_pre not in (_MISSING, None, ""):
-        if not Path(str(vae_pre)).is_dir():
-            _err(
-                f"model.vae_pretrained: {vae_pre!r} is not a directory (run `python train.py experiment=vae_tiny` "
-                "first)"
-            )
-        if not (Path(str(vae_pre)) / "config.json").is_file():
-            _err(
-                f"model.vae_pretrained: {vae_pre!r} has no config.json (allowed: an AutoencoderKLWan folder)"
-            )
-    _int(cfg, "model.text_len", 1)
-    _bool(cfg, "model.train_text_encoder")
-    _bool(cfg, "model.gradient_checkpointing")
-    _num(cfg, "model.boundary_ratio", 0, 1, lo_open=True, hi_open=True, none_ok=True)
-    _check(
-        cfg,
-        "model.transformer.patch_size",
-        lambda v: isinstance(v, ListConfig) and len(v) == 3 and all(_is_int(x) and x >= 1 for x in v),
-        "a list of 3 ints >= 1 (frames, height, width)",
-    )
-    _int(cfg, "model.transformer.num_layers", 1)
+    """Each model setting (``wan2.backbones.model_config.ModelConfig``)."""
+    ModelConfig.build(cfg.model, at="model")
 
 
 def _geometry(cfg: DictConfig) -> tuple[int, int, list[int], int] | None:
