@@ -146,7 +146,9 @@ class Settings:
         values = {k: v for k, v in values.items() if k != "_target_"}
         for key in values:
             if key not in names:
-                err(f"{_join(at, key)}: not a setting here (allowed: {names}){did_you_mean(key, names)}")
+                err(
+                    f"{_join(at, key)}: not a setting of {cls.__name__} (allowed: {names}){did_you_mean(key, names)}"
+                )
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, v in values.items():
