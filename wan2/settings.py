@@ -159,8 +159,8 @@ class Settings:
         return cls(**kwargs)
 
     def to_dict(self) -> dict:
-        """Plain dict of every field (nested settings as dicts): hyperparameters, JSON, hashing."""
-        return dataclasses.asdict(self)
+        """Plain dict of every field (nested settings as dicts, tuples as lists): hyperparameters, JSON."""
+        return _yaml_values(dataclasses.asdict(self))
 
 
 def _join(at: str, key: str) -> str:
