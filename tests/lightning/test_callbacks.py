@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import wan2.config_resolvers  # noqa: F401  (registers the settings dataclasses the configs extend)
 from wan2.backbones.stack import load_backbone
 from wan2.lightning.callbacks import QuickEval
 
