@@ -5,7 +5,7 @@ if __name__ == "__main__":  # first of all: SIGTERM / SIGUSR1 during start-up ex
 
     install_preemption_handlers()
 
-import difflib  # noqa: E402
+import difflib
 import functools  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -25,33 +25,50 @@ warnings.filterwarnings(
 )
 
 
+def config_dirs(args: list[str]) -> list[Path]:
+    """configs/ plus the local folders of a ``hydra.searchpath=[file:///...]`` override (your own YAML files,
+    e.g. a new objective's configs/objective/NAME.yaml outside the repo)."""
+    dirs = [CONFIGS]
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra.searchpath":
+            for item in value.strip("[]").split(","):
+                item = item.strip().strip("'\"")
+                if item.startswith("file://"):
+                    dirs.append(Path(item.removeprefix("file://")))
+    return dirs
+
+
 def check_group_overrides(args: list[str]) -> str | None:
-    """A one-line error when ``group=name`` names no configs/<group>/<name>.yaml, or when an override cannot be
+    """A one-line error when ``group=name`` names no <configs>/<group>/<name>.yaml, or when an override cannot be
     applied at all (an unknown key, bad syntax): Hydra's own messages span several lines."""
+    dirs = config_dirs(args)
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or not key.isidentifier() or not (CONFIGS / key).is_dir() or key == "hydra":
+        groups = [d / key for d in dirs if (d / key).is_dir()]
+        if not sep or not key.isidentifier() or not groups or key == "hydra":
             continue
         if value in ("", "null") or any(c in value for c in ",[]{}()$*"):  # sweeps, lists: left to Hydra
             continue
-        if not (CONFIGS / key / f"{value}.yaml").is_file():
-            options = sorted(p.stem for p in (CONFIGS / key).glob("*.yaml"))
+        if not any((g / f"{value}.yaml").is_file() for g in groups):
+            options = sorted({p.stem for g in groups for p in g.glob("*.yaml")})
             return f"{key}: {value!r} is not one of {options}"
     if any(a.startswith("-") for a in args):  # --multirun, --cfg, -cn ...: left to Hydra
         return None
-    return _override_problem([a for a in args if not a.lstrip("+~").startswith("hydra")])
+    searchpath = [a for a in args if a.lstrip("+~").partition("=")[0] == "hydra.searchpath"]
+    return _override_problem([a for a in args if not a.lstrip("+~").startswith("hydra")], searchpath)
 
 
-def _compose(overrides: list[str]):
-    return _compose_cached(tuple(overrides))
+def _compose(overrides: list[str], searchpath: list[str] = ()):
+    return _compose_cached(tuple(overrides), tuple(searchpath))
 
 
 @functools.lru_cache(maxsize=4)
-def _compose_cached(overrides: tuple[str, ...]):
+def _compose_cached(overrides: tuple[str, ...], searchpath: tuple[str, ...]):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose("train", overrides=[*searchpath, *overrides])
 
 
 def check_output_dirs(args: list[str]) -> str | None:
@@ -63,13 +80,14 @@ def check_output_dirs(args: list[str]) -> str | None:
     if any(a.startswith("-") for a in args):
         return None
     try:
-        cfg = _compose([a for a in args if not a.lstrip("+~").startswith("hydra")])
+        searchpath = [a for a in args if a.lstrip("+~").partition("=")[0] == "hydra.searchpath"]
+        cfg = _compose([a for a in args if not a.lstrip("+~").startswith("hydra")], searchpath)
     except Exception:  # noqa: BLE001  (check_group_overrides reports it)
         return None
     return output_dir_problem(cfg, ("paths.output_dir",), args)
 
 
-def _override_problem(overrides: list[str]) -> str | None:
+def _override_problem(overrides: list[str], searchpath: list[str] = ()) -> str | None:
     """Compose the config as Hydra will (about 0.3 s, nothing resolved); a failure as one line naming the key."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -77,7 +95,7 @@ def _override_problem(overrides: list[str]) -> str | None:
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     try:
-        _compose(overrides)
+        _compose(overrides, searchpath)
         return None
     except HydraException as err:
         cause, text = err.__cause__, str(err)
@@ -87,7 +105,7 @@ def _override_problem(overrides: list[str]) -> str | None:
         arg = next((a for a in overrides if a.lstrip("+~").partition("=")[0].startswith(key)), None)
         parent, _, leaf = key.rpartition(".")
         try:
-            cfg = _compose([a for a in overrides if a != arg])
+            cfg = _compose([a for a in overrides if a != arg], searchpath)
             keys = sorted(OmegaConf.select(cfg, parent) if parent else cfg)
         except Exception:  # noqa: BLE001  (only for the list of keys)
             keys = []

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     from wan2.eval.judge import judge
     from wan2.eval.report import save_samples
     from wan2.sampling import sample_videos
+    from wan2.sampling_config import SAMPLE_DEFAULTS
 
     try:
         bb = load_backbone(args.export)
@@ -51,8 +52,12 @@ def main(argv=None) -> int:
         mix={e: 1.0 for e in events},
     )
     clips = [RankJump(cfg, args.split, args.num)[i] for i in range(args.num)]
-    steps = args.steps or meta.get("num_inference_steps", 25)
-    guidance = args.guidance if args.guidance is not None else meta.get("guidance_scale", 5.0)
+    steps = args.steps or meta.get("num_inference_steps", SAMPLE_DEFAULTS.num_inference_steps)
+    guidance = (
+        args.guidance
+        if args.guidance is not None
+        else meta.get("guidance_scale", SAMPLE_DEFAULTS.guidance_scale)
+    )
     videos, start = [], time.time()
     for i in range(0, len(clips), args.batch):
         chunk = clips[i : i + args.batch]

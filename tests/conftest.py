@@ -48,6 +48,8 @@ def compose_cfg(
     """
     from hydra import compose, initialize_config_dir
 
+    import wan2.config_resolvers  # noqa: F401  (the resolvers and the settings dataclasses the YAMLs extend)
+
     root = [] if root_dir is None else [f"paths.root_dir={root_dir}"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose(config_name, overrides=[*root, *overrides], return_hydra_config=return_hydra_config)

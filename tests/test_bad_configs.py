@@ -14,14 +14,13 @@ import wan2.config_resolvers  # noqa: F401  (${wan2.latest_export:...}, ${wan2.a
 from tests.conftest import CONFIGS, EXPERIMENTS, ROOT, compose_cfg, run_train
 from wan2.config_check import (
     ACCELERATORS,
-    LORA_PRESETS,
     PRECISIONS,
-    TIMESTEP_MODES,
     WAN_LORA_MODULES,
     WAN_OTHER_MODULES,
     ConfigError,
     check_train_config,
 )
+from wan2.lightning.flow_config import EXPERTS, TIMESTEP_MODES
 
 GROUPS = ("data", "model", "objective", "lora", "trainer", "callbacks", "logger")
 NEEDS = {
@@ -104,7 +103,7 @@ CASES = {
     ),
     "timestep_shift_zero": (["objective.timesteps.shift=0"], "objective.timesteps.shift", "> 0"),
     "sigma_range_empty": (
-        ["+objective.timesteps.sigma_min=0.9", "+objective.timesteps.sigma_max=0.5"],
+        ["objective.timesteps.sigma_min=0.9", "objective.timesteps.sigma_max=0.5"],
         "objective.timesteps.sigma_min",
         "< objective.timesteps.sigma_max",
     ),
@@ -359,9 +358,9 @@ def test_mirrored_choices_match_the_code():
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
     from wan2.diffusion.flow import sample_training_sigmas
-    from wan2.lora.adapters import TARGET_PRESETS
+    from wan2.lightning import experts
 
-    assert set(LORA_PRESETS) == set(TARGET_PRESETS)
+    assert set(EXPERTS) == set(experts.EXPERTS)
     assert set(PRECISIONS) == set(typing.get_args(_PRECISION_INPUT_STR))
     assert set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"} <= set(ACCELERATORS)
     for mode in TIMESTEP_MODES:

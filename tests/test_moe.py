@@ -25,10 +25,10 @@ from safetensors.torch import load_file
 
 from tests.conftest import compose_cfg
 from wan2.backbones.stack import build_backbone, load_backbone
-from wan2.config_check import EXPERTS as CHECKED_EXPERTS
 from wan2.config_check import ConfigError, check_train_config
 from wan2.export import export_pipeline
 from wan2.lightning.experts import EXPERTS, resolve_expert
+from wan2.lightning.flow_config import EXPERTS as CHECKED_EXPERTS
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.sampling import sample_videos
 

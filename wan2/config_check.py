@@ -1,14 +1,18 @@
 """Validation of composed configs before anything heavy is built: one line per problem, naming the key.
 
 Every message starts with the dotted key, then the value and what is allowed:
-``data.batch_size: 'abc' must be an int >= 1``. Only keys present in the composed config are checked (each
-objective has its own), and nothing here imports torch: a bad value fails in about a second.
+``data.batch_size: 'abc' must be an int >= 1``. The settings of objectives and LoRA are checked by their own
+dataclasses (``wan2.objectives``, ``wan2.lora.config``: one declaration per setting); this module holds the
+checks that read several parts of the config (clip size vs the model's VAE strides and patch, an expert vs the
+model's transformers, LoRA targets vs the model's modules, fsdp vs EMA, shard files) and those of the
+sections that have no dataclass yet (run, model paths, data, trainer, callbacks). Nothing here imports torch:
+a bad value fails in about a second.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,18 +20,24 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from wan2.backbones.wan_layout import LORA_PRESETS, WAN_LORA_MODULES, WAN_OTHER_MODULES  # torch-free
+from wan2 import objectives
+from wan2.backbones.model_config import ModelConfig
+from wan2.backbones.wan_layout import WAN_LORA_MODULES, WAN_OTHER_MODULES  # torch-free
+from wan2.lora.config import TARGET_PRESETS
+from wan2.settings import (
+    ConfigError,  # noqa: F401  (re-exported: wan2.config_check.ConfigError)
+    check,
+    check_bool,
+    check_choice,
+    check_int,
+    check_num,
+)
+from wan2.settings import err as _err
+from wan2.settings import is_int as _is_int
+from wan2.settings import is_num as _is_num
+from wan2.settings import show as _show
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what is allowed."""
-
-
-# Mirrors of values that live in modules importing torch; tests/test_bad_configs.py keeps them in step.
-LORA_INITS = (True, False, "gaussian", "default")  # wan2.lora.adapters.lora_config(init=...)
-TIMESTEP_MODES = ("logit_normal", "uniform", "grid")  # wan2.diffusion.flow.sample_training_sigmas
-LOSS_WEIGHTINGS = ("none", "bell")  # wan2.lightning.flow_module.FlowMatchingModule
-EXPERTS = ("high", "low", "both")  # wan2.lightning.experts.EXPERTS (objective.expert; null also allowed)
+# Mirrors of Lightning's choices (importing it is slow); tests/test_bad_configs.py keeps them in step.
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # lightning.Trainer(accelerator=...)
 PRECISIONS = (
     "32-true",
@@ -61,93 +71,34 @@ TIMEDELTA_KEYS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds"
 _MISSING = object()
 
 
-def _err(msg: str):
-    raise ConfigError(msg)
-
-
-def _show(v) -> str:
-    if isinstance(v, DictConfig | ListConfig):
-        v = OmegaConf.to_container(v, resolve=True)
-    return repr(v)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _get(cfg, key: str):
     return OmegaConf.select(cfg, key, default=_MISSING)
 
 
+# The checks of wan2.settings on the value at a dotted key (absent keys are not checked)
 def _check(cfg, key: str, ok: Callable[[object], bool], allowed: str, none_ok: bool = False):
-    """The value at ``key`` (``_MISSING`` if absent); raises ``key: value must be allowed`` when ``ok`` fails."""
     v = _get(cfg, key)
-    if v is _MISSING or (v is None and none_ok):
-        return v
-    if not ok(v):
-        _err(f"{key}: {_show(v)} must be {allowed}{' (or null)' if none_ok else ''}")
-    return v
+    return v if v is _MISSING else check(key, v, ok, allowed, none_ok)
 
 
 def _int(cfg, key: str, lo: int, hi: int | None = None, none_ok: bool = False, also: tuple = ()):
-    allowed = f"an int >= {lo}" if hi is None else f"an int in {lo}..{hi}"
-    allowed += "".join(f" or {a!r}" for a in also)
-    return _check(
-        cfg,
-        key,
-        lambda v: _in(v, also) or (_is_int(v) and lo <= v and (hi is None or v <= hi)),
-        allowed,
-        none_ok,
-    )
+    v = _get(cfg, key)
+    return v if v is _MISSING else check_int(key, v, lo, hi, none_ok, also)
 
 
-def _num(
-    cfg,
-    key: str,
-    lo: float | None = None,
-    hi: float | None = None,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    none_ok: bool = False,
-):
-    if lo is not None and hi is not None:
-        allowed = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    elif lo is not None:
-        allowed = f"a number {'>' if lo_open else '>='} {lo}"
-    else:
-        allowed = "a number"
-
-    def ok(v) -> bool:
-        if not _is_num(v):
-            return False
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return False
-        return hi is None or (v < hi if hi_open else v <= hi)
-
-    return _check(cfg, key, ok, allowed, none_ok)
-
-
-def _in(v, options) -> bool:
-    """``v in options`` where a bool only equals itself (``True == 1`` otherwise)."""
-    return any(v is o if isinstance(v, bool) or isinstance(o, bool) else v == o for o in options)
+def _num(cfg, key: str, lo=None, hi=None, lo_open=False, hi_open=False, none_ok=False):
+    v = _get(cfg, key)
+    return v if v is _MISSING else check_num(key, v, lo, hi, lo_open, hi_open, none_ok)
 
 
 def _choice(cfg, key: str, options, none_ok: bool = False, shown=None):
-    """``options`` are accepted; the message lists ``shown`` (default: all of them)."""
     v = _get(cfg, key)
-    if v is _MISSING or (v is None and none_ok):
-        return v
-    if not _in(v, options):
-        _err(f"{key}: {_show(v)} is not one of {list(shown or options)}{' (or null)' if none_ok else ''}")
-    return v
+    return v if v is _MISSING else check_choice(key, v, options, none_ok, shown)
 
 
 def _bool(cfg, key: str, none_ok: bool = False):
-    return _check(cfg, key, lambda v: isinstance(v, bool), "true or false", none_ok)
+    v = _get(cfg, key)
+    return v if v is _MISSING else check_bool(key, v, none_ok)
 
 
 def _duration_ok(v) -> bool:
@@ -200,39 +151,8 @@ def _check_run(cfg: DictConfig) -> None:
 
 
 def _check_model(cfg: DictConfig) -> None:
-    pre = _get(cfg, "model.pretrained")
-    if pre not in (_MISSING, None, ""):
-        if not Path(str(pre)).is_dir():
-            _err(
-                f"model.pretrained: {pre!r} is not a directory (train the base first or point at a diffusers "
-                "export)"
-            )
-        if not (Path(str(pre)) / "model_index.json").is_file():
-            _err(
-                f"model.pretrained: {pre!r} has no model_index.json (allowed: a diffusers WanPipeline folder)"
-            )
-    vae_pre = _get(cfg, "model.vae_pretrained")
-    if vae_pre not in (_MISSING, None, ""):
-        if not Path(str(vae_pre)).is_dir():
-            _err(
-                f"model.vae_pretrained: {vae_pre!r} is not a directory (run `python train.py experiment=vae_tiny` "
-                "first)"
-            )
-        if not (Path(str(vae_pre)) / "config.json").is_file():
-            _err(
-                f"model.vae_pretrained: {vae_pre!r} has no config.json (allowed: an AutoencoderKLWan folder)"
-            )
-    _int(cfg, "model.text_len", 1)
-    _bool(cfg, "model.train_text_encoder")
-    _bool(cfg, "model.gradient_checkpointing")
-    _num(cfg, "model.boundary_ratio", 0, 1, lo_open=True, hi_open=True, none_ok=True)
-    _check(
-        cfg,
-        "model.transformer.patch_size",
-        lambda v: isinstance(v, ListConfig) and len(v) == 3 and all(_is_int(x) and x >= 1 for x in v),
-        "a list of 3 ints >= 1 (frames, height, width)",
-    )
-    _int(cfg, "model.transformer.num_layers", 1)
+    """Each model setting (``wan2.backbones.model_config.ModelConfig``)."""
+    ModelConfig.build(cfg.model, at="model")
 
 
 def _geometry(cfg: DictConfig) -> tuple[int, int, list[int], int] | None:
@@ -288,12 +208,13 @@ def _check_clip_size(cfg: DictConfig, at: str) -> None:
     for key in ("height", "width"):
         _int(cfg, f"{at}.{key}", 16)
     # what the objective's networks can take
-    target = str(_get(cfg, "objective._target_"))
+    settings = objectives.by_target(str(_get(cfg, "objective._target_")))
+    clip = settings.CLIP if settings is not None else "transformer"
     geometry = _geometry(cfg) if isinstance(cfg.get("model"), DictConfig) else None
-    if target.endswith("EncoderModule") or geometry is None:  # the RankJump encoder takes any size
+    if clip == "any" or geometry is None:  # e.g. the RankJump encoder takes any size
         return
     spatial, temporal, patch, _ = geometry
-    uses_transformer = not target.endswith("VAEModule")
+    uses_transformer = clip == "transformer"
     s = spatial * (patch[1] if uses_transformer else 1)
     what = "VAE stride x patch size" if uses_transformer else "VAE stride"
     for key in ("height", "width"):
@@ -412,20 +333,13 @@ def _check_data(cfg: DictConfig) -> None:
     _check_clip_size(cfg, "data.rankjump")
 
 
-def _check_lora(cfg: DictConfig) -> None:
-    _int(cfg, "lora.rank", 1)
-    _num(cfg, "lora.alpha", 0, lo_open=True, none_ok=True)
-    _num(cfg, "lora.dropout", 0, 1, hi_open=True)
-    _choice(cfg, "lora.init", LORA_INITS)
-    targets = _check(
-        cfg,
-        "lora.targets",
-        lambda v: isinstance(v, str) and v != "",
-        f"a preset {list(LORA_PRESETS)} or a regex over the transformer's module names",
-    )
-    if not isinstance(targets, str) or targets in LORA_PRESETS:
+def _check_lora_targets(cfg: DictConfig, targets: str) -> None:
+    """A target regex must full-match at least one Linear layer of the model's transformer and nothing else
+    (PEFT raises there)."""
+    if targets in TARGET_PRESETS:
         return
-    allowed = f"allowed: a preset {list(LORA_PRESETS)} or a regex matching Linear layers such as 'blocks.0.attn1.to_q'"
+    presets = list(TARGET_PRESETS)
+    allowed = f"allowed: a preset {presets} or a regex matching Linear layers such as 'blocks.0.attn1.to_q'"
     try:
         pattern = re.compile(targets)
     except re.error as err:
@@ -442,8 +356,11 @@ def _check_lora(cfg: DictConfig) -> None:
             if pattern.fullmatch(n):
                 hits.append((n, ok))
     if not hits:
+        near = difflib.get_close_matches(targets, presets, 1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
         _err(
-            f"lora.targets: {targets!r} matches no module of the transformer (PEFT full-matches names); {allowed}"
+            f"lora.targets: {targets!r} matches no module of the transformer (PEFT full-matches names); "
+            f"{allowed}{hint}"
         )
     bad = [n for n, ok in hits if not ok]
     if bad:
@@ -453,97 +370,24 @@ def _check_lora(cfg: DictConfig) -> None:
 
 
 def _check_objective(cfg: DictConfig) -> None:
+    """The objective's own dataclass checks each of its settings; then what depends on the model."""
     obj = cfg.get("objective")
     if not isinstance(obj, DictConfig):
         return
-    o = "objective"
-    _num(cfg, f"{o}.lr", 0, lo_open=True)
-    _num(cfg, f"{o}.weight_decay", 0)
-    _check(
-        cfg,
-        f"{o}.betas",
-        lambda v: isinstance(v, ListConfig) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v),
-        "two numbers in [0, 1)",
-    )
-    _int(cfg, f"{o}.warmup_steps", 0)
-    _num(cfg, f"{o}.min_lr_ratio", 0, 1)
-    _num(cfg, f"{o}.caption_dropout", 0, 1)
-    _num(cfg, f"{o}.ema_decay", 0, 1, hi_open=True)
-    _num(cfg, f"{o}.text_lr_scale", 0)
-    _bool(cfg, f"{o}.train_text_encoder")
-    _choice(cfg, f"{o}.loss_weighting", LOSS_WEIGHTINGS)
-    _choice(cfg, f"{o}.timesteps.mode", TIMESTEP_MODES)
-    _num(cfg, f"{o}.timesteps.shift", 0, lo_open=True)
-    _num(cfg, f"{o}.timesteps.mean")
-    _num(cfg, f"{o}.timesteps.std", 0, lo_open=True)
-    lo = _num(cfg, f"{o}.timesteps.sigma_min", 0, 1)
-    hi = _num(cfg, f"{o}.timesteps.sigma_max", 0, 1)
-    if _is_num(lo) and _is_num(hi) and lo >= hi:
-        _err(f"{o}.timesteps.sigma_min: {lo} must be < {o}.timesteps.sigma_max={hi}")
-    _int(cfg, f"{o}.sample.num_inference_steps", 1)
-    _num(cfg, f"{o}.sample.guidance_scale", 1)
-    _int(cfg, f"{o}.sample.seed", 0, none_ok=True)
+    settings = objectives.by_target(obj.get("_target_"))
+    if settings is None:  # not a registered objective: instantiate will say what is wrong
+        return
+    o = settings.build(obj, at="objective")
     # Wan2.2 A14B experts (flow matching and LoRA)
-    expert = _choice(cfg, f"{o}.expert", EXPERTS, none_ok=True)
+    expert = getattr(o, "expert", None)
     if expert in ("low", "both") and isinstance(cfg.get("model"), DictConfig) and _num_experts(cfg) == 1:
         _err(
-            f"{o}.expert: {expert!r} needs a two-expert model (model=wan22_t2v_a14b, model.boundary_ratio set, or a "
-            "pretrained folder with transformer_2); this model has one transformer (allowed: null or 'high')"
+            f"objective.expert: {expert!r} needs a two-expert model (model=wan22_t2v_a14b, model.boundary_ratio set, "
+            "or a pretrained folder with transformer_2); this model has one transformer (allowed: null or 'high')"
         )
-    # LoRA
-    _bool(cfg, f"{o}.fuse")
-    if "lora" in obj:
-        _check_lora(cfg)
-    # distillation: teacher_steps halves round by round down to student_steps
-    _num(cfg, f"{o}.guidance_scale", 1)
-    _int(cfg, f"{o}.cfg_steps", 0)
-    _int(cfg, f"{o}.round_steps", 1)
-    _int(cfg, f"{o}.dm_steps", 0)
-    _num(cfg, f"{o}.dm_fake_lr_scale", 0)
-    dm_teacher = obj.get("dm_teacher")
-    if dm_teacher is not None and not (Path(str(dm_teacher)) / "model_index.json").is_file():
-        _err(
-            f"{o}.dm_teacher: {str(dm_teacher)!r} is not a diffusers export (no model_index.json; allowed: null "
-            "or an export folder such as pretrained/wan_tiny_base)"
-        )
-    rng = obj.get("dm_sigma_range")
-    if rng is not None and not (len(rng) == 2 and all(_is_num(v) for v in rng) and 0 < rng[0] < rng[1] <= 1):
-        _err(
-            f"{o}.dm_sigma_range: {list(rng)!r} must be two noise levels 0 < lo < hi <= 1 (e.g. [0.02, 0.98])"
-        )
-    teacher = _int(cfg, f"{o}.teacher_steps", 1)
-    student = _int(cfg, f"{o}.student_steps", 1)
-    if _is_int(teacher) and _is_int(student):
-        n = teacher
-        while n > student and n % 2 == 0:
-            n //= 2
-        if n != student:
-            options = [student * 2**k for k in range(1, 5)]
-            _err(
-                f"{o}.teacher_steps: {teacher} must halve down to {o}.student_steps={student} "
-                f"(allowed: {student} x a power of 2, e.g. {options})"
-            )
-    # VAE
-    for key in ("kl_weight", "highlight_boost", "first_frame_weight"):
-        _num(cfg, f"{o}.{key}", 0)
-    _bool(cfg, f"{o}.freeze_encoder")
-    # RankJump encoder
-    for key in (
-        "num_frames",
-        "height",
-        "width",
-        "pool_width",
-        "channels",
-        "embed_dim",
-        "text_dim",
-        "text_layers",
-        "text_heads",
-        "text_len",
-    ):
-        _int(cfg, f"{o}.encoder.{key}", 1)
-    dim, heads = _get(cfg, f"{o}.encoder.text_dim"), _get(cfg, f"{o}.encoder.text_heads")
-    if _is_int(dim) and _is_int(heads) and dim % heads:
-        _err(f"{o}.encoder.text_dim: {dim} must be a multiple of {o}.encoder.text_heads={heads}")
+    lora = getattr(o, "lora", None)
+    if lora is not None:
+        _check_lora_targets(cfg, lora.targets)
 
 
 def _check_trainer(cfg: DictConfig) -> None:

@@ -129,6 +129,9 @@ def export_pipeline(backbone, out_dir: str | Path, sampling: dict | None = None)
 
 
 def _model_card(backbone, meta: dict) -> str:
+    from wan2.sampling_config import SAMPLE_DEFAULTS
+
+    meta = {**SAMPLE_DEFAULTS.to_dict(), **meta}
     t = backbone.vae.config.scale_factor_temporal
     frames = meta.get("num_frames", 17)
     return f"""# wan2 export
@@ -139,8 +142,8 @@ Load with stock diffusers:
 from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained(".")
 video = pipe("the green row climbs from #4 to #1", height={meta.get("height", 32)}, width={meta.get("width", 32)},
-             num_frames={frames}, num_inference_steps={meta.get("num_inference_steps", 25)},
-             guidance_scale={meta.get("guidance_scale", 5.0)}, max_sequence_length={backbone.text_len}).frames[0]
+             num_frames={frames}, num_inference_steps={meta["num_inference_steps"]},
+             guidance_scale={meta["guidance_scale"]}, max_sequence_length={backbone.text_len}).frames[0]
 ```
 
 - `max_sequence_length={backbone.text_len}`: the prompt length this model was trained with.

@@ -7,6 +7,7 @@ import torch
 
 from wan2.backbones.wan_layout import expert_at, transformer_timestep
 from wan2.diffusion import euler_sample, inference_sigmas
+from wan2.sampling_config import SAMPLE_DEFAULTS
 
 
 @torch.no_grad()
@@ -17,8 +18,8 @@ def sample_latents(
     num_frames: int,
     height: int,
     width: int,
-    num_inference_steps: int = 25,
-    guidance_scale: float = 5.0,
+    num_inference_steps: int = SAMPLE_DEFAULTS.num_inference_steps,
+    guidance_scale: float = SAMPLE_DEFAULTS.guidance_scale,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
     transformer=None,

@@ -54,12 +54,15 @@ class QuickEval(L.Callback):
         from wan2.data.rankjump import RankJump, RankJumpConfig
         from wan2.eval.judge import judge
         from wan2.sampling import sample_videos
+        from wan2.sampling_config import SAMPLE_DEFAULTS
 
         rj = RankJump(rj_cfg or RankJumpConfig(), self.split, self.num_prompts)
         clips = [rj[i] for i in range(self.num_prompts)]
         guidance = self.guidance_scale
         if guidance is None:
-            guidance = getattr(pl_module, "sample_cfg", {}).get("guidance_scale", 5.0)
+            guidance = getattr(pl_module, "sample_cfg", {}).get(
+                "guidance_scale", SAMPLE_DEFAULTS.guidance_scale
+            )
         flags = {m: m.training for m in pl_module.modules()}
         pl_module.eval()
         ema = getattr(pl_module, "ema_weights", None)

@@ -16,6 +16,7 @@ exported scheduler, so stock ``WanPipeline(num_inference_steps=4, guidance_scale
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ from wan2.diffusion.distill import (
     two_step_target,
     x0_from_velocity,
 )
+from wan2.lightning.distill_config import DistillConfig
 from wan2.lightning.flow_module import FlowMatchingModule
 
 
@@ -51,29 +53,27 @@ class Phase:
 class DistillModule(FlowMatchingModule):
     """Guidance + progressive distillation of the transformer; the text encoder and VAE stay frozen."""
 
-    def __init__(
-        self,
-        backbone,
-        teacher_steps: int = 32,
-        student_steps: int = 4,
-        guidance_scale: float = 5.0,
-        cfg_steps: int = 300,
-        round_steps: int = 300,
-        dm_steps: int = 0,
-        dm_teacher: str | None = None,
-        dm_sigma_range: tuple[float, float] = (0.02, 0.98),
-        dm_fake_lr_scale: float = 1.0,
-        **kwargs,
-    ):
+    Config = DistillConfig
+
+    def __init__(self, backbone, cfg: DistillConfig | None = None, **settings):
         if backbone.transformer_2 is not None:
             raise ValueError(
                 "objective=distill: two-expert models (Wan2.2 A14B) are not supported; distil a "
                 "one-transformer model (wan_tiny, wan22_ti2v_5b)"
             )
-        kwargs["train_text_encoder"] = False
-        kwargs.setdefault("ema_decay", 0.0)
-        super().__init__(backbone, **kwargs)
-        self.save_hyperparameters(ignore=["backbone"])
+        cfg = dataclasses.replace(self.Config.build(cfg, settings), train_text_encoder=False)
+        super().__init__(backbone, cfg)
+        teacher_steps, student_steps, guidance_scale = (
+            cfg.teacher_steps,
+            cfg.student_steps,
+            cfg.guidance_scale,
+        )
+        cfg_steps, round_steps, dm_steps, dm_teacher = (
+            cfg.cfg_steps,
+            cfg.round_steps,
+            cfg.dm_steps,
+            cfg.dm_teacher,
+        )
         self.rounds = halving_schedule(teacher_steps, student_steps)
         phases, start = [], 0
         if cfg_steps > 0 and guidance_scale > 1.0:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from wan2.data.datasets import frames_to_video
 from wan2.lightning.data import RankJumpDataModule
+from wan2.lightning.encoder_config import EncoderObjectiveConfig
 from wan2.lightning.flow_module import warmup_cosine
 from wan2.metrics.indomain import EncoderConfig, RankJumpEncoder, contrastive_loss, save_encoder
 
@@ -57,18 +58,13 @@ class RenderedOnceDataModule(RankJumpDataModule):
 class EncoderModule(L.LightningModule):
     """Symmetric InfoNCE between clip and caption embeddings; same-content pairs in a batch are all positives."""
 
-    def __init__(
-        self,
-        backbone=None,
-        encoder: dict | None = None,
-        lr: float = 2e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 50,
-        min_lr_ratio: float = 0.05,
-    ):
+    Config = EncoderObjectiveConfig  # every setting, its default and its check
+
+    def __init__(self, backbone=None, cfg: EncoderObjectiveConfig | None = None, **settings):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])  # the Wan stack train() builds is not used here
-        self.encoder = RankJumpEncoder(EncoderConfig(**(encoder or {})))
+        cfg = self.cfg = self.Config.build(cfg, settings)
+        self.save_hyperparameters(cfg.to_dict())  # the Wan stack train() builds is not used here
+        self.encoder = RankJumpEncoder(EncoderConfig(**cfg.encoder.to_dict()))
 
     def _step(self, batch) -> dict:
         v = self.encoder.encode_video(batch["video"])  # (B, D)

@@ -27,6 +27,7 @@ from wan2.diffusion import (
 )
 from wan2.lightning.ema import EMA
 from wan2.lightning.experts import expert_timesteps, experts_on, resolve_expert, routed_velocity
+from wan2.lightning.flow_config import FlowMatchingConfig
 
 
 def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step: int, limit: int = 8) -> None:
@@ -57,44 +58,31 @@ def warmup_cosine(warm: int, total: int, floor: float):
 class FlowMatchingModule(L.LightningModule):
     """Rectified-flow objective: predict u = eps - x0 at z_t = (1 - t) x0 + t eps."""
 
-    def __init__(
-        self,
-        backbone: WanBackbone,
-        lr: float = 3e-4,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.99),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        caption_dropout: float = 0.1,
-        timesteps: dict | None = None,
-        loss_weighting: str = "none",
-        ema_decay: float = 0.999,
-        train_text_encoder: bool = False,
-        text_lr_scale: float = 1.0,
-        sample: dict | None = None,
-        expert: str | None = None,
-    ):
+    Config = FlowMatchingConfig  # every setting, its default and its check
+
+    def __init__(self, backbone: WanBackbone, cfg: FlowMatchingConfig | None = None, **settings):
+        """``cfg``, or its fields as keywords (what Hydra's instantiate passes): one ``Config`` is built and
+        checked from them, so no default here can disagree with the config."""
         super().__init__()
+        cfg = self.cfg = self.Config.build(cfg, settings)
         self.backbone = backbone
         # Wan2.2 A14B: the expert(s) that train are submodules (checkpoints, EMA, device moves); an idle one is
         # frozen and left where it is (wan2.lightning.experts). One-transformer models: expert None.
-        self.expert = resolve_expert(backbone, expert)
+        self.expert = resolve_expert(backbone, cfg.expert)
         self.transformer = backbone.transformer if self.expert in (None, "high", "both") else None
         self.transformer_2 = backbone.transformer_2 if self.expert in ("low", "both") else None
         for idle in (backbone.transformer, backbone.transformer_2):
             if idle is not None and idle is not self.transformer and idle is not self.transformer_2:
                 idle.requires_grad_(False).eval()
         self.text_encoder = backbone.text_encoder
-        self.save_hyperparameters(ignore=["backbone"])
-        self.timestep_cfg = expert_timesteps(
-            {"mode": "logit_normal", "shift": 1.0, **(timesteps or {})}, self.expert, backbone.boundary_ratio
-        )
-        self.sample_cfg = {"num_inference_steps": 25, "guidance_scale": 5.0, "seed": 0, **(sample or {})}
+        self.save_hyperparameters(cfg.to_dict())
+        self.timestep_cfg = expert_timesteps(cfg.timesteps.to_dict(), self.expert, backbone.boundary_ratio)
+        self.sample_cfg = cfg.sample.to_dict()
         self.backbone.vae.requires_grad_(False).eval()
-        self.text_encoder.requires_grad_(train_text_encoder)
-        self.text_encoder.train(train_text_encoder)
+        self.text_encoder.requires_grad_(cfg.train_text_encoder)
+        self.text_encoder.train(cfg.train_text_encoder)
         self.configure_trainable()
-        self.ema = EMA(self._trainable(), ema_decay) if ema_decay > 0 else None
+        self.ema = EMA(self._trainable(), cfg.ema_decay) if cfg.ema_decay > 0 else None
         self._empty_emb = None  # the embedding of "" for caption dropout with cached text (encoded once)
 
     def configure_trainable(self) -> None:

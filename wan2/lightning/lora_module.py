@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from wan2.compat import forget_peft_adapters
 from wan2.lightning.flow_module import FlowMatchingModule
+from wan2.lightning.lora_config import LoRAObjectiveConfig
 from wan2.lora import add_lora, lora_config, save_lora
 
 # where each transformer's adapter is exported, named after the pipeline component it loads into
@@ -21,25 +23,17 @@ class LoRAModule(FlowMatchingModule):
     routes every sample to its expert; null: the single transformer of a one-expert model (``both`` on A14B).
     """
 
-    def __init__(
-        self, backbone, lora: dict | None = None, expert: str | None = None, fuse: bool = False, **kwargs
-    ):
-        self.lora_spec = {
-            "rank": 16,
-            "alpha": None,
-            "dropout": 0.0,
-            "targets": "motion",
-            "init": True,
-            **(lora or {}),
-        }
-        kwargs["train_text_encoder"] = False
-        super().__init__(backbone, expert=expert, **kwargs)
-        self.save_hyperparameters(ignore=["backbone"])
+    Config = LoRAObjectiveConfig
+
+    def __init__(self, backbone, cfg: LoRAObjectiveConfig | None = None, **settings):
+        cfg = dataclasses.replace(self.Config.build(cfg, settings), train_text_encoder=False)
+        self.lora_spec = cfg.lora  # read by configure_trainable, which the base __init__ calls
+        super().__init__(backbone, cfg)
 
     def configure_trainable(self) -> None:
         self.peft_configs, self.num_params = {}, {}
         for name, model in self.trained_experts():
-            self.peft_configs[name] = lora_config(**self.lora_spec)
+            self.peft_configs[name] = lora_config(self.lora_spec)
             trainable = add_lora(model, self.peft_configs[name])
             base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
             self.num_params[name] = (trainable, base)
@@ -50,7 +44,7 @@ class LoRAModule(FlowMatchingModule):
         share = 100.0 * self.num_trainable / self.num_base
         where = " + ".join(self.num_params)
         self.print(
-            f"LoRA {self.lora_spec['targets']} rank {self.lora_spec['rank']} on {where}: {self.num_trainable:,} "
+            f"LoRA {self.lora_spec.targets} rank {self.lora_spec.rank} on {where}: {self.num_trainable:,} "
             f"trainable parameters = {share:.2f}% of the adapted transformer weights ({self.num_base:,})"
         )
 
@@ -68,8 +62,8 @@ class LoRAModule(FlowMatchingModule):
             for name, model in self.trained_experts():
                 trainable, base = self.num_params[name]
                 extra = {
-                    "targets": self.lora_spec["targets"],
-                    "rank": self.lora_spec["rank"],
+                    "targets": self.lora_spec.targets,
+                    "rank": self.lora_spec.rank,
                     "expert": self.expert,
                     "component": name,
                     "load_into_transformer_2": name == "transformer_2",

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from wan2.backbones.stack import WanBackbone
+from wan2.lightning.vae_config import VAEConfig
 
 
 def highlight_weight(video: torch.Tensor, boost: float, first_frame: float) -> torch.Tensor:
@@ -24,24 +25,19 @@ def highlight_weight(video: torch.Tensor, boost: float, first_frame: float) -> t
 class VAEModule(L.LightningModule):
     """Reconstruction (weighted L1 + MSE) plus a small KL on the diagonal Gaussian posterior."""
 
-    def __init__(
-        self,
-        backbone: WanBackbone,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        kl_weight: float = 1e-6,
-        highlight_boost: float = 8.0,
-        first_frame_weight: float = 3.0,
-        warmup_steps: int = 20,
-        freeze_encoder: bool = False,
-    ):
+    Config = VAEConfig  # every setting, its default and its check
+
+    def __init__(self, backbone: WanBackbone, cfg: VAEConfig | None = None, **settings):
         super().__init__()
+        cfg = self.cfg = self.Config.build(cfg, settings)
         self.backbone = backbone
         self.vae = backbone.vae
-        if freeze_encoder:  # decoder-only fine-tuning keeps the latent space (and every cache / base on it)
+        if (
+            cfg.freeze_encoder
+        ):  # decoder-only fine-tuning keeps the latent space (and every cache / base on it)
             for m in (self.vae.encoder, self.vae.quant_conv):
                 m.requires_grad_(False)
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(cfg.to_dict())
 
     def forward(self, video: torch.Tensor):
         post = self.vae.encode(video).latent_dist

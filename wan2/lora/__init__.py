@@ -1,12 +1,24 @@
-"""LoRA adapters on the Wan transformer: target presets, diffusers-format save / checked load, fuse."""
+"""LoRA adapters on the Wan transformer: target presets, diffusers-format save / checked load, fuse.
 
-from wan2.lora.adapters import (  # noqa: F401
-    TARGET_PRESETS,
-    LoraFileError,
-    add_lora,
-    check_lora_file,
-    inspect_lora_file,
-    lora_config,
-    save_lora,
-    target_regex,
-)
+Names load on first use, so ``wan2.lora.config`` (the settings, torch-free) imports without PEFT or torch."""
+
+_LAZY = {
+    "TARGET_PRESETS": "wan2.backbones.wan_layout",
+    "LoRAConfig": "wan2.lora.config",
+    "LoraFileError": "wan2.lora.adapters",
+    "add_lora": "wan2.lora.adapters",
+    "check_lora_file": "wan2.lora.adapters",
+    "inspect_lora_file": "wan2.lora.adapters",
+    "lora_config": "wan2.lora.adapters",
+    "save_lora": "wan2.lora.adapters",
+    "target_regex": "wan2.lora.adapters",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wan2.lora' has no attribute {name!r}")

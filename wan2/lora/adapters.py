@@ -19,8 +19,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
-from wan2.backbones.wan_layout import TARGET_PRESETS  # noqa: F401  (re-exported: wan2.lora.TARGET_PRESETS)
 from wan2.export import atomic_dir
+from wan2.lora.config import TARGET_PRESETS, LoRAConfig
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -41,21 +41,15 @@ def target_regex(targets: str) -> str:
     return pattern
 
 
-def lora_config(
-    rank: int = 16,
-    alpha: float | None = None,
-    dropout: float = 0.0,
-    targets: str = "motion",
-    init: str | bool = True,
-) -> LoraConfig:
-    if rank < 1:
-        raise ValueError(f"lora.rank: {rank} must be >= 1")
-    init_value = {"gaussian": "gaussian", "default": True, "true": True, True: True}.get(init, init)
+def lora_config(spec: LoRAConfig | None = None, **settings) -> LoraConfig:
+    """PEFT ``LoraConfig`` for ``spec`` (or ``LoRAConfig`` fields as keywords; defaults from ``LoRAConfig``)."""
+    spec = LoRAConfig.build(spec, settings)
+    init_value = {"gaussian": "gaussian", "default": True, "true": True, True: True}.get(spec.init, spec.init)
     return LoraConfig(
-        r=rank,
-        lora_alpha=alpha if alpha is not None else rank,
-        lora_dropout=dropout,
-        target_modules=target_regex(targets),
+        r=spec.rank,
+        lora_alpha=spec.alpha if spec.alpha is not None else spec.rank,
+        lora_dropout=spec.dropout,
+        target_modules=target_regex(spec.targets),
         init_lora_weights=init_value,
     )
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
 
+from wan2.metrics.encoder_config import EncoderSizes
 from wan2.metrics.frechet import frechet_distance_from_features
 
 CONFIG_KEY = "metrics.indomain.encoder_dir"
@@ -50,19 +51,9 @@ def vocabulary_hash() -> str:
 
 
 @dataclass
-class EncoderConfig:
-    """Sizes of both towers and the clip geometry the video tower expects (others are resized to it)."""
+class EncoderConfig(EncoderSizes):
+    """The sizes (``EncoderSizes``, declared once there) plus the vocabulary the text tower was built for."""
 
-    num_frames: int = 17
-    height: int = 32
-    width: int = 32
-    pool_width: int = 4  # columns averaged first: rows (rank, colour) and time keep full resolution
-    channels: int = 16  # first conv width; doubles twice
-    embed_dim: int = 64  # shared embedding size
-    text_dim: int = 64
-    text_layers: int = 2
-    text_heads: int = 4
-    text_len: int = 32
     vocab_size: int = 0  # 0: the offline tokenizer's size
     vocab_hash: str = ""  # "": the offline tokenizer's vocabulary hash
 

@@ -21,7 +21,7 @@ Modules: ``inputs`` (precision, parallel layout, transformer shapes, what trains
 """
 
 from wan2.plan.flops import flops_per_step
-from wan2.plan.from_config import OBJECTIVES, meta_stack, plan_from_config, plan_inputs
+from wan2.plan.from_config import meta_stack, plan_from_config, plan_inputs
 from wan2.plan.inputs import (
     FP32,
     Clip,
@@ -48,7 +48,6 @@ from wan2.plan.report import PlanInputs, format_plan, make_plan
 
 __all__ = [
     "FP32",
-    "OBJECTIVES",
     "Clip",
     "Components",
     "GiB",

@@ -16,7 +16,12 @@ from wan2.plan.inputs import (
 from wan2.plan.memory import Components
 from wan2.plan.report import PlanInputs, make_plan
 
-OBJECTIVES = {"LoRAModule": "lora", "FlowMatchingModule": "full", "DistillModule": "distill"}
+
+def _objective_kinds() -> dict[str, str]:
+    """LightningModule class name -> ``full`` / ``lora`` / ``distill``: each objective declares it (``PLAN``)."""
+    from wan2.objectives import plan_kinds
+
+    return plan_kinds()
 
 
 def _container(cfg, resolve: bool = True) -> dict:
@@ -67,11 +72,12 @@ def plan_inputs(
     notes = []
     objective = _container(cfg.objective, resolve=False)
     target = str(objective.get("_target_", "")).rsplit(".", 1)[-1]
-    kind = OBJECTIVES.get(target)
+    kinds = _objective_kinds()
+    kind = kinds.get(target)
     if kind is None:
         raise PlanError(
             f"objective: {target or '?'} trains no Wan transformer; plan one of "
-            f"{sorted(OBJECTIVES)} (objective=flow_matching | lora | distill)"
+            f"{sorted(kinds)} (objective=flow_matching | lora | distill)"
         )
     obj = _container(cfg.objective)
     stack = stack if stack is not None else meta_stack(cfg.model)
@@ -108,13 +114,14 @@ def plan_inputs(
     shape = describe_transformer(transformer)
     if kind == "lora":
         from wan2.lora.adapters import target_regex
+        from wan2.lora.config import LoRAConfig
 
-        lora = _container(cfg.lora)
         try:
-            pattern = target_regex(str(lora.get("targets", "motion")))
-        except ValueError as err:
+            lora = LoRAConfig.build(_container(cfg.lora))  # defaults and checks: LoRAConfig
+            pattern = target_regex(str(lora.targets))
+        except ValueError as err:  # ConfigError included
             raise PlanError(str(err)) from None
-        one = lora_trainable(transformer, pattern, int(lora.get("rank", 16)))
+        one = lora_trainable(transformer, pattern, int(lora.rank))
         k = len(trained)
         train = Trainable(
             "lora",
