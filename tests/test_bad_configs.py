@@ -60,7 +60,7 @@ CASES = {
         "positive sum",
     ),
     "rankjump_unknown_setting": (["+data.rankjump.size=3"], "data.rankjump.size", "'num_frames'"),
-    "unknown_colour": (["+data.rankjump.colours=[red,pink]"], "data.rankjump.colours", "'purple'"),
+    "unknown_colour": (["data.rankjump.colours=[red,pink]"], "data.rankjump.colours", "'purple'"),
     # data loading
     "batch_size_string": (["data.batch_size=abc"], "data.batch_size", "an int >= 1"),
     "batch_size_zero": (["data.batch_size=0"], "data.batch_size", "an int >= 1"),

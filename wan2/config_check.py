@@ -2,10 +2,10 @@
 
 Every message starts with the dotted key, then the value and what is allowed:
 ``data.batch_size: 'abc' must be an int >= 1``. The settings of objectives and LoRA are checked by their own
-dataclasses (``wan2.objectives``, ``wan2.lora.config``: one declaration per setting); this module holds the
-checks that read several parts of the config (clip size vs the model's VAE strides and patch, an expert vs the
-model's transformers, LoRA targets vs the model's modules, fsdp vs EMA, shard files) and those of the
-sections that have no dataclass yet (run, model paths, data, trainer, callbacks). Nothing here imports torch:
+dataclasses (``wan2.objectives``, ``wan2.lora.config``, ``wan2.backbones.model_config``, ``wan2.data.config``:
+one declaration per setting); this module holds the checks that read several parts of the config (clip size vs
+the model's VAE strides and patch, an expert vs the model's transformers, LoRA targets vs the model's modules,
+fsdp vs EMA, shard files) and those of the sections that have no dataclass yet (run, trainer, callbacks). Nothing here imports torch:
 a bad value fails in about a second.
 """
 
@@ -199,14 +199,9 @@ def _num_experts(cfg: DictConfig) -> int | None:
 
 def _check_clip_size(cfg: DictConfig, at: str) -> None:
     """``{at}.num_frames / height / width`` (RankJump settings or a shard data module's expected clip size)."""
-    _check(
-        cfg,
-        f"{at}.num_frames",
-        lambda v: _is_int(v) and v >= 1 and (v - 1) % 4 == 0,
-        "4k+1 (5, 9, 13, 17, ...)",
-    )
-    for key in ("height", "width"):
-        _int(cfg, f"{at}.{key}", 16)
+    from wan2.data.config import check_clip
+
+    check_clip(at, *(_get(cfg, f"{at}.{k}") for k in ("num_frames", "height", "width")))
     # what the objective's networks can take
     settings = objectives.by_target(str(_get(cfg, "objective._target_")))
     clip = settings.CLIP if settings is not None else "transformer"
@@ -265,72 +260,22 @@ def _check_shard_files(key: str, spec) -> None:
 
 
 def _check_data(cfg: DictConfig) -> None:
-    if not isinstance(cfg.get("data"), DictConfig):
+    """The data module's own dataclass checks each of its settings (``wan2.data.config``); then what depends
+    on the model (clip size vs VAE stride and patch) and on the disk (shard files)."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig):
         return
-    for key in ("num_train", "num_val", "batch_size", "val_batch_size"):
-        _int(cfg, f"data.{key}", 1)
-    _int(cfg, "data.num_workers", 0)
-    _bool(cfg, "data.cache_text")
-    batch, n = _get(cfg, "data.batch_size"), _get(cfg, "data.num_train")
-    if _is_int(batch) and _is_int(n) and batch > n:
-        _err(f"data.batch_size: {batch} must be <= data.num_train={n} (the last partial batch is dropped)")
-    # shard data (configs/data/shards.yaml)
-    if _get(cfg, "data.train_shards") is None:
-        _err(
-            "data.train_shards: null; required: a brace pattern, glob, list of .tar shards or a pipe: URL "
-            "(e.g. data.train_shards='data/rankjump/train-*.tar')"
-        )
+    from wan2.data.config import for_node
+
+    settings = for_node(data)
+    if settings is not None:
+        settings.build(data, at="data")
     for key in ("data.train_shards", "data.val_shards"):
         _check_shard_files(key, _get(cfg, key))
-    _int(cfg, "data.shuffle_buffer", 0)
-    _num(cfg, "data.max_bad_fraction", 0, 1)
-    _int(cfg, "data.min_seen", 0)
-    _int(cfg, "data.epoch_size", 1, none_ok=True)
     if _get(cfg, "data.num_frames") is not _MISSING:
         _check_clip_size(cfg, "data")
-    # RankJump
-    rj = _get(cfg, "data.rankjump")
-    if rj is _MISSING and _get(cfg, "data.val_split") is _MISSING:
-        return
-    from dataclasses import fields
-
-    from wan2.data.rankjump import EVENTS, PALETTE, SPLIT_SEED_BASE, RankJumpConfig  # numpy only
-
-    _choice(cfg, "data.val_split", list(SPLIT_SEED_BASE))
-    if not isinstance(rj, DictConfig):
-        return
-    known = [f.name for f in fields(RankJumpConfig)]
-    for key in rj:
-        if key not in known:
-            _err(f"data.rankjump.{key}: not a RankJump setting (allowed: {known})")
-    _int(cfg, "data.rankjump.fps", 1)
-    _int(cfg, "data.rankjump.rows", 5, 8)
-    _int(cfg, "data.rankjump.heldout_fraction", 1)
-    _bool(cfg, "data.rankjump.labels")
-    _bool(cfg, "data.rankjump.marks")
-    colours = _check(
-        cfg,
-        "data.rankjump.colours",
-        lambda v: isinstance(v, ListConfig) and len(v) > 0,
-        f"a non-empty list of colours from {list(PALETTE)}",
-    )
-    for c in colours if isinstance(colours, ListConfig) else ():
-        if c not in PALETTE:
-            _err(f"data.rankjump.colours: {c!r} is not one of {list(PALETTE)}")
-    mix = _check(
-        cfg,
-        "data.rankjump.mix",
-        lambda v: isinstance(v, DictConfig),
-        f"a mapping event -> weight over {list(EVENTS)}",
-    )
-    if isinstance(mix, DictConfig):
-        for event in mix:
-            if event not in EVENTS:
-                _err(f"data.rankjump.mix.{event}: not an event (allowed: {list(EVENTS)})")
-            _num(cfg, f"data.rankjump.mix.{event}", 0)
-        if sum(mix.values()) <= 0:
-            _err(f"data.rankjump.mix: {_show(mix)} must have weights >= 0 with a positive sum")
-    _check_clip_size(cfg, "data.rankjump")
+    if isinstance(_get(cfg, "data.rankjump"), DictConfig):
+        _check_clip_size(cfg, "data.rankjump")
 
 
 def _check_lora_targets(cfg: DictConfig, targets: str) -> None:

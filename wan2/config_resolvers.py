@@ -54,6 +54,7 @@ register()
 # Hydra's ConfigStore must hold every settings dataclass before a config composes: the objectives (and the
 # LoRA adapter settings they import) register themselves on import.
 import wan2.backbones.model_config  # noqa: E402, F401
+import wan2.data.config  # noqa: E402, F401
 from wan2.objectives import discover  # noqa: E402
 
 discover()
