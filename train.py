@@ -89,6 +89,8 @@ def check_output_dirs(args: list[str]) -> str | None:
 
 def _override_problem(overrides: list[str], searchpath: list[str] = ()) -> str | None:
     """Compose the config as Hydra will (about 0.3 s, nothing resolved); a failure as one line naming the key."""
+    import re
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -110,9 +112,14 @@ def _override_problem(overrides: list[str], searchpath: list[str] = ()) -> str |
         except Exception:  # noqa: BLE001  (only for the list of keys)
             keys = []
         near = difflib.get_close_matches(leaf, keys, 1)
-        hint = f"did you mean {'.'.join(filter(None, [parent, near[0]]))}? " if near else ""
+        hint = f"did you mean {'.'.join(filter(None, [parent, near[0]]))}?" if near else ""
         known = f" (allowed: {keys})" if keys else ""
-        return f"{key}: no such key{known}; {hint}to add a new key write +{(arg or key).lstrip('+~')}"
+        # a settings dataclass refuses any key it does not declare: no `+key=...` advice there; only the
+        # free-form constructor arguments of the model's blocks take new keys
+        free = re.match(r"model\.(text_encoder|vae|transformer|scheduler)\.", key)
+        if key.split(".")[0] in ("objective", "model", "data", "lora") and not free:
+            return f"{key}: no such key{known}" + (f"; {hint}" if hint else "")
+        return f"{key}: no such key{known}; {hint + ' ' if hint else ''}to add a new key write +{(arg or key).lstrip('+~')}"
     if key:
         return f"{key}: {one_line} ({str(cause).splitlines()[0]})"
     parser = OverridesParser.create()

@@ -324,6 +324,7 @@ def test_good_edge_values_pass(tmp_path):
 CLI_CASES = {
     "unknown_experiment": (["experiment=nope"], "experiment", "'pretrain_tiny'"),
     "unknown_key": (["data.batch_sise=3"], "data.batch_sise", "did you mean data.batch_size?"),
+    "unknown_objective_key": (["objective.lrr=0.1"], "objective.lrr", "did you mean objective.lr?"),
     "wrong_type": (["data.batch_size=abc"], "data.batch_size", "an int >= 1"),
     "lora_target_typo": (["experiment=lora_rankup", "lora.targets=motoin"], "lora.targets", "'motion'"),
 }
@@ -346,11 +347,13 @@ def test_train_py_refuses_before_heavy_imports(tmp_path, args, key, allowed):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"error: {key}: ") and allowed in lines[0], lines[0]
+    if "no such key" in lines[0] and key.split(".")[0] in ("objective", "data"):
+        assert "write +" not in lines[0], lines[0]  # a settings dataclass would refuse the added key
     made = {p.relative_to(out).parts[0] for p in out.rglob("*")} if out.exists() else set()
     assert made <= {".hydra", "train.log"}, made  # Hydra's own record only: no checkpoints, logs or export
 
 
-# --------------------------------------------------------------------------- the mirrors stay in step
+# ---------------------------------------------------------- Lightning's mirrored choices; lists declared once
 def test_mirrored_choices_match_the_code():
     import typing
 
@@ -360,12 +363,12 @@ def test_mirrored_choices_match_the_code():
     from wan2.diffusion.flow import sample_training_sigmas
     from wan2.lightning import experts
 
-    assert set(EXPERTS) == set(experts.EXPERTS)
+    assert experts.EXPERTS is EXPERTS  # declared once (flow_config), imported by the torch code
     assert set(PRECISIONS) == set(typing.get_args(_PRECISION_INPUT_STR))
     assert set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"} <= set(ACCELERATORS)
     for mode in TIMESTEP_MODES:
         assert sample_training_sigmas(2, mode=mode).shape == (2,)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'grid'"):  # the message lists the declared modes
         sample_training_sigmas(2, mode="cosine")
 
 

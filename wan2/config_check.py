@@ -268,8 +268,12 @@ def _check_data(cfg: DictConfig) -> None:
     from wan2.data.config import for_node
 
     settings = for_node(data)
-    if settings is not None:
-        settings.build(data, at="data")
+    d = settings.build(data, at="data") if settings is not None else None
+    n = getattr(d, "num_train", None)
+    if n is not None and d.batch_size > n:  # a run would train nothing (a module alone may hold fewer clips)
+        _err(
+            f"data.batch_size: {d.batch_size} must be <= data.num_train={n} (the last partial batch is dropped)"
+        )
     for key in ("data.train_shards", "data.val_shards"):
         _check_shard_files(key, _get(cfg, key))
     if _get(cfg, "data.num_frames") is not _MISSING:

@@ -158,11 +158,6 @@ class RankJumpDataConfig(DataSettings):
         super().check(at)
         check_int(f"{at}.num_train", self.num_train, 1)
         check_int(f"{at}.num_val", self.num_val, 1)
-        if self.batch_size > self.num_train:
-            err(
-                f"{at}.batch_size: {self.batch_size} must be <= {at}.num_train={self.num_train} "
-                "(the last partial batch is dropped)"
-            )
         check_choice(f"{at}.val_split", self.val_split, list(SPLIT_SEED_BASE))
         if not isinstance(self.rankjump, RankJumpSettings):
             err(f"{at}.rankjump: {show(self.rankjump)} must be a mapping of RankJump settings")

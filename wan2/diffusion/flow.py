@@ -56,8 +56,10 @@ def sample_training_sigmas(
     elif mode == "grid":
         grid = inference_sigmas(NUM_TRAIN_TIMESTEPS, shift)[:-1]
         s = grid[torch.randint(0, len(grid), (batch,), generator=generator)]
-    else:
-        raise ValueError(f"timestep mode: {mode!r} is not one of logit_normal, uniform, grid")
+    else:  # the list is declared once, torch-free, where the config check reads it (imported only here)
+        from wan2.lightning.flow_config import TIMESTEP_MODES
+
+        raise ValueError(f"timestep mode: {mode!r} is not one of {list(TIMESTEP_MODES)}")
     if (
         sigma_min > 0.0 or sigma_max < 1.0
     ):  # resample into the range by rescaling (keeps the shape of the law)

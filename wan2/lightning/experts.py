@@ -23,10 +23,9 @@ import torch
 
 from wan2.backbones.wan_layout import is_high_noise, is_moe
 from wan2.diffusion.flow import NUM_TRAIN_TIMESTEPS, sample_training_sigmas
+from wan2.lightning.flow_config import EXPERTS  # noqa: F401  (declared once, torch-free: the config check uses it)
 
 log = logging.getLogger("wan2")
-
-EXPERTS = ("high", "low", "both")
 
 
 def resolve_expert(backbone, expert: str | None) -> str | None:

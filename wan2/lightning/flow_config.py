@@ -13,9 +13,10 @@ from wan2.objectives import ObjectiveSettings, register
 from wan2.sampling_config import SampleConfig
 from wan2.settings import Settings, check, check_bool, check_choice, check_int, check_num, err, is_num
 
+# The choice lists, declared once here (torch-free); the torch code imports them.
 TIMESTEP_MODES = ("logit_normal", "uniform", "grid")  # wan2.diffusion.flow.sample_training_sigmas(mode=...)
 LOSS_WEIGHTINGS = ("none", "bell")  # bell: DiffSynth-Studio's per-timestep weight
-EXPERTS = ("high", "low", "both")  # wan2.lightning.experts.EXPERTS
+EXPERTS = ("high", "low", "both")  # wan2.lightning.experts.resolve_expert
 
 
 @dataclasses.dataclass
