@@ -56,10 +56,11 @@ def compose_cfg(
 
 
 def model_cfg(name: str = "wan_tiny"):
-    """``configs/model/<name>.yaml`` as written (not composed with train.yaml), a fresh DictConfig to edit."""
+    """``model=<name>`` as Hydra composes it (``configs/model/<name>.yaml`` over ``ModelConfig``'s defaults, the
+    ``base_model`` node): every model setting, as a fresh DictConfig to edit (not struct, no train.yaml around)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
+    return OmegaConf.create(OmegaConf.to_container(compose_cfg([f"model={name}"]).model))
 
 
 # ----------------------------------------------------------------------------------------------- scripts

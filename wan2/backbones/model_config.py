@@ -84,5 +84,19 @@ class ModelConfig(Settings):
         if "num_layers" in self.transformer:
             check_int(f"{at}.transformer.num_layers", self.transformer["num_layers"], 1)
 
+    @classmethod
+    def of(cls, model_cfg) -> ModelConfig:
+        """The settings of a model config (an instance, a mapping, a composed node or a ``configs/model/*.yaml``
+        loaded as it is: its Hydra ``defaults`` list is dropped), absent keys from the defaults above, unknown
+        keys refused. Checked, except a ``pretrained`` folder: the backbone loader vets that (``BackboneError``)."""
+        if isinstance(model_cfg, cls):
+            return model_cfg
+        from wan2.settings import _plain
+
+        values = {k: v for k, v in dict(_plain(model_cfg or {})).items() if k != "defaults"}
+        if values.get("pretrained"):
+            return cls._from_mapping(values, cls.KEY)
+        return cls.build(values)
+
 
 store(ModelConfig, group="model", name="base_model")  # each configs/model/*.yaml extends it

@@ -18,6 +18,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 from transformers import UMT5Config, UMT5EncoderModel
 
 from wan2.backbones.files import BackboneError, read_wan2_json, vet_component, vet_pipeline
+from wan2.backbones.model_config import ModelConfig
 from wan2.backbones.tokenizer import build_tokenizer
 from wan2.backbones.wan_layout import PATCH_SIZE
 
@@ -164,33 +165,33 @@ def build_backbone(
     ``device="meta"`` builds the architecture without allocating weights (for parameter counts and plans); with
     ``model.pretrained`` it is built from the folder's component configs, and no weight file is read.
     """
-    cfg = _as_dict(model_cfg)
-    checkpointing = bool(cfg.get("gradient_checkpointing", False))
-    if cfg.get("pretrained") and device == "meta":
-        return _meta_from_folder(cfg["pretrained"], components, cfg.get("text_len"))
-    if cfg.get("pretrained"):
-        return load_backbone(
-            cfg["pretrained"], text_len=cfg.get("text_len"), gradient_checkpointing=checkpointing
-        )
+    given = model_cfg if isinstance(model_cfg, ModelConfig) else _as_dict(model_cfg)
+    cfg = ModelConfig.of(given)  # every default from wan2/backbones/model_config.py
+    checkpointing = cfg.gradient_checkpointing
+    if cfg.pretrained:  # text_len not given: the folder's wan2.json says
+        text_len = cfg.text_len if isinstance(given, ModelConfig) else given.get("text_len")
+        if device == "meta":
+            return _meta_from_folder(cfg.pretrained, components, text_len)
+        return load_backbone(cfg.pretrained, text_len=text_len, gradient_checkpointing=checkpointing)
     ctx = torch.device("meta") if device == "meta" else contextlib.nullcontext()
-    text_len = int(cfg.get("text_len", 512))
+    text_len = int(cfg.text_len)
     tokenizer = build_tokenizer(text_len) if "tokenizer" in components else None
     with ctx:
         text_encoder = vae = transformer = transformer_2 = None
         if "text_encoder" in components:
-            te = dict(cfg["text_encoder"])
+            te = dict(cfg.text_encoder)
             if te.get("vocab_size") in (None, "auto"):
                 te["vocab_size"] = len(tokenizer) if tokenizer is not None else len(build_tokenizer())
             text_encoder = UMT5EncoderModel(UMT5Config(**te))
-        if "vae" in components and not cfg.get("vae_pretrained"):
-            vae = AutoencoderKLWan(**cfg["vae"])
+        if "vae" in components and not cfg.vae_pretrained:
+            vae = AutoencoderKLWan(**cfg.vae)
         if "transformer" in components:
-            transformer = WanTransformer3DModel(**_transformer_kwargs(cfg["transformer"]))
-            if cfg.get("boundary_ratio") is not None:
-                transformer_2 = WanTransformer3DModel(**_transformer_kwargs(cfg["transformer"]))
-    if "vae" in components and cfg.get("vae_pretrained"):
-        vae = load_vae(cfg["vae_pretrained"])
-    scheduler = FlowMatchEulerDiscreteScheduler(**cfg.get("scheduler", {}))
+            transformer = WanTransformer3DModel(**_transformer_kwargs(cfg.transformer))
+            if cfg.boundary_ratio is not None:
+                transformer_2 = WanTransformer3DModel(**_transformer_kwargs(cfg.transformer))
+    if "vae" in components and cfg.vae_pretrained:
+        vae = load_vae(cfg.vae_pretrained)
+    scheduler = FlowMatchEulerDiscreteScheduler(**cfg.scheduler)
     bb = WanBackbone(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
@@ -198,9 +199,9 @@ def build_backbone(
         transformer=transformer,
         scheduler=scheduler,
         transformer_2=transformer_2,
-        boundary_ratio=cfg.get("boundary_ratio"),
+        boundary_ratio=cfg.boundary_ratio,
         text_len=text_len,
-        expand_timesteps=bool(cfg.get("expand_timesteps", False)),
+        expand_timesteps=cfg.expand_timesteps,
     )
     return set_gradient_checkpointing(bb, checkpointing)
 
