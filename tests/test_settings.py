@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 import wan2.config_resolvers  # noqa: F401  (registers every settings dataclass)
 from wan2.backbones.model_config import ModelConfig
+from wan2.data.config import DATA_CONFIGS
 from wan2.lora.config import LoRAConfig
 from wan2.objectives import OBJECTIVES, discover
 from wan2.settings import ConfigError, defaults_node
@@ -32,7 +33,7 @@ def _restated(yaml: dict, defaults: dict, at: str = "") -> list[str]:
 
 @pytest.mark.parametrize(
     "group,base",
-    [("objective", None), ("lora", LoRAConfig), ("model", ModelConfig)],
+    [("objective", None), ("lora", LoRAConfig), ("model", ModelConfig), ("data", None)],
 )
 def test_yaml_files_only_override(group, base):
     discover()
@@ -43,7 +44,8 @@ def test_yaml_files_only_override(group, base):
         if not parents[0].startswith("base_"):  # extends another option (wan_tiny_moe: wan_tiny)
             assert (CONFIGS / group / f"{parents[0]}.yaml").is_file(), path.name
             continue
-        cls = OBJECTIVES[parents[0].removeprefix("base_")] if group == "objective" else base
+        registry = {"objective": OBJECTIVES, "data": DATA_CONFIGS}.get(group)
+        cls = registry[parents[0].removeprefix("base_")] if registry is not None else base
         assert not _restated(yaml, defaults_node(cls)), f"{path.name} restates defaults"
 
 
@@ -69,6 +71,38 @@ def test_modules_take_their_values_from_the_dataclass():
         assert module.Config is cls
         params = list(inspect.signature(module.__init__).parameters.values())[1:]
         assert [p.name for p in params] == ["backbone", "cfg", "settings"], (name, params)
+
+
+def test_data_modules_take_their_values_from_the_dataclass(tmp_path):
+    """Each configs/data/<name>.yaml extends its dataclass; its DataModule declares no default of its own
+    (``VideoDataModule``'s positional ``train_shards`` is None: the dataclass says it is required)."""
+    import importlib
+
+    from tests.conftest import compose_cfg
+
+    assert set(DATA_CONFIGS) == {p.stem for p in (CONFIGS / "data").glob("*.yaml")}
+    for name, cls in DATA_CONFIGS.items():
+        module_path, _, cls_name = cls.TARGET.rpartition(".")
+        module = getattr(importlib.import_module(module_path), cls_name)
+        assert module.Config is cls
+        params = list(inspect.signature(module.__init__).parameters.values())[1:]
+        assert [p.name for p in params if p.name != "train_shards"] == ["cfg", "settings"], (name, params)
+        assert all(p.default in (None, inspect.Parameter.empty) for p in params), (name, params)
+        shards = [f"data.train_shards={tmp_path}/x.tar"] if name == "shards" else []
+        data = OmegaConf.to_container(compose_cfg([f"data={name}", *shards]).data, resolve=True)
+        assert data.pop("_target_") == cls.TARGET
+        built = module(**data).cfg  # what Hydra's instantiate does
+        assert built == cls.build(data) and built.to_dict() == data, name
+
+
+def test_data_checks_name_the_key():
+    with pytest.raises(ConfigError) as info:
+        DATA_CONFIGS["rankjump"].build({"rankjump": {"rows": 9}})
+    assert str(info.value) == "data.rankjump.rows: 9 must be an int in 5..8"
+    with pytest.raises(ConfigError) as info:
+        DATA_CONFIGS["shards"].build({"train_shards": "x.tar", "num_frame": 5})
+    assert str(info.value).startswith("data.num_frame: not a setting of ShardDataConfig")
+    assert str(info.value).endswith("did you mean 'num_frames'?")
 
 
 def test_unknown_setting_names_the_nearest():
