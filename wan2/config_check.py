@@ -22,8 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from wan2 import objectives
 from wan2.backbones.model_config import ModelConfig
-from wan2.backbones.wan_layout import WAN_LORA_MODULES, WAN_OTHER_MODULES  # torch-free
-from wan2.lora.config import TARGET_PRESETS
+from wan2.backbones.wan_layout import LORA_PRESETS, WAN_LORA_MODULES, WAN_OTHER_MODULES  # torch-free
 from wan2.settings import (
     ConfigError,  # noqa: F401  (re-exported: wan2.config_check.ConfigError)
     check,
@@ -285,9 +284,9 @@ def _check_data(cfg: DictConfig) -> None:
 def _check_lora_targets(cfg: DictConfig, targets: str) -> None:
     """A target regex must full-match at least one Linear layer of the model's transformer and nothing else
     (PEFT raises there)."""
-    if targets in TARGET_PRESETS:
+    if targets in LORA_PRESETS:
         return
-    presets = list(TARGET_PRESETS)
+    presets = list(LORA_PRESETS)
     allowed = f"allowed: a preset {presets} or a regex matching Linear layers such as 'blocks.0.attn1.to_q'"
     try:
         pattern = re.compile(targets)
