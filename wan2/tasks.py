@@ -17,7 +17,7 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import wan2.config_resolvers  # noqa: F401
 from wan2 import startup
@@ -26,7 +26,7 @@ from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.task
 from wan2.data.cache import StaleCacheError
 from wan2.export import atomic_write_text, remove_leftovers
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
-from wan2.lightning.loggers import LogStep
+from wan2.lightning.loggers import LogStep, flat_config
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
@@ -184,9 +184,10 @@ def train(cfg: DictConfig) -> dict:
     launcher = getattr(trainer.strategy, "launcher", None)
     if hasattr(launcher, "kill"):  # a start-up signal to rank 0 reaches DDP ranks 1.. too
         startup.forward_to(launcher.kill)
+    flat = flat_config(cfg)  # the one config of the run (modules / datamodules log no hparams of their own)
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            lg.log_hyperparams(flat)
 
     start = time.time()
     try:

@@ -95,7 +95,7 @@ class RankJumpDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # wan2.tasks logs the whole config once
         self.rj_cfg = rankjump_config(rankjump)
 
     @property
@@ -150,7 +150,7 @@ class LatentDataModule(RankJumpDataModule):
         cache_text: bool = False,
     ):
         super().__init__(rankjump, num_train, num_val, val_split, batch_size, num_workers)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # wan2.tasks logs the whole config once
         self.backbone = None
 
     def bind_backbone(self, backbone) -> None:
