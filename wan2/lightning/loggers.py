@@ -247,3 +247,11 @@ class LogStep(L.Callback):
         if not self._synced:
             self._synced = True
             set_logger_step(trainer, trainer.global_step)
+
+
+def train_run(out_dir: str | Path, name: str) -> dict:
+    """{id, name, dir} of a training run: the W&B run id kept in the run folder (None without W&B), the run
+    name (``run_name``) and the folder; written into the export's ``wan2.json`` (``wan2.export.record_train_run``)."""
+    path = Path(out_dir) / RUN_ID_FILE
+    run_id = path.read_text().strip() if path.is_file() else None
+    return {"id": run_id or None, "name": run_name(name), "group": name, "dir": str(Path(out_dir).resolve())}
