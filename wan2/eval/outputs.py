@@ -164,7 +164,11 @@ def log_wandb(report: dict, out: Path, cfg) -> None:
     config = wandb_config(report)
     trained = [v for k, v in config.items() if k.endswith("protocol.train_run.group") and v]
     # W&B stages media and tables in its data / cache folders: keep them in the eval folder too
-    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+    for var, sub in (
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
         os.environ.setdefault(var, str(out / "wandb" / sub))
     run = wandb.init(
         project=cfg.logger.wandb.get("project", "wan2"),

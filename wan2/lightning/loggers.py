@@ -36,7 +36,7 @@ from wan2.compat import set_logger_step
 
 RUN_ID_FILE = "wandb_run_id"
 # config keys that are plumbing, not an experiment setting: left out of the logged config and of run names
-PLUMBING = ("callbacks", "paths", "hydra", "logger", "ckpt_path", "threads")
+PLUMBING = ("callbacks", "paths", "hydra", "logger", "ckpt_path", "threads", "out")
 
 
 def _hydra():

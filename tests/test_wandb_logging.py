@@ -1,0 +1,147 @@
+"""W&B and CSV logging (issue 17.3): run names, group, tags, one flat config, samples and metrics at one step,
+the training run id in the export's wan2.json and in the eval run that evaluates it, eval staging inside the
+eval folder, WANDB_MODE honoured. W&B runs offline; the tests read the offline run files and the CSV."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, compose_cfg, run_train, train_env
+from wan2.lightning.loggers import RUN_ID_FILE, flat_config, read_rows, run_name, safe_name, wandb_offline
+
+
+def test_run_name_is_experiment_plus_overrides_without_plumbing():
+    overrides = [
+        "lora.rank=2",
+        "experiment=lora_rankup",
+        "paths.output_dir=/x/y",
+        "logger=wandb",
+        "threads=1",
+    ]
+    assert run_name("lora_rankup", overrides) == "lora_rankup-lora.rank=2"
+    assert run_name("lora_rankup", []) == "lora_rankup"
+    assert run_name("e", ["+model.pretrained=/a b/c"]) == "e-model.pretrained=_a_b_c"
+    assert safe_name("a/b c?d") == "a_b_c_d"
+
+
+def test_flat_config_has_no_plumbing_and_no_duplicates():
+    flat = flat_config(compose_cfg(["experiment=lora_rankup"]))
+    assert "objective.lr" in flat and "data.batch_size" in flat and "lora.rank" in flat
+    assert "lr" not in flat and "batch_size" not in flat  # Lightning's hparams copies
+    plumbing = [k for k in flat if k.split(".")[0] in ("callbacks", "paths", "hydra", "logger")]
+    assert plumbing == []
+    assert not [k for k in flat if k.endswith("_target_")]
+    assert all(not isinstance(v, dict) for v in flat.values())
+
+
+def test_wandb_mode_decides_offline(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_offline()
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert not wandb_offline()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_offline()
+    cfg = compose_cfg(["logger=wandb"])
+    assert cfg.logger.wandb.offline is None  # None: the logger reads WANDB_MODE
+
+
+def _offline_run(folder) -> bytes:
+    """The bytes of the single offline W&B run under ``folder/wandb``."""
+    files = sorted((folder / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    return files[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-step pretrain_tiny run with W&B (offline) and CSV, validation at steps 2 and 4, an export."""
+    tmp = tmp_path_factory.mktemp("wandb_run")
+    run = tmp / "run"
+    args = [
+        "experiment=pretrain_tiny",
+        f"paths.output_dir={run}",
+        f"paths.data_dir={tmp / 'data'}",
+        "data.num_train=8",
+        "data.batch_size=4",
+        "trainer.max_steps=4",
+        "trainer.max_time=null",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "data.num_val=2",
+        "data.val_batch_size=2",
+        "objective.sample.num_inference_steps=2",
+        "objective.lr=0.002",
+        "callbacks.progress=null",
+        "logger=wandb",
+        "threads=1",
+    ]
+    res = run_train(args, env=train_env(HOME=str(tmp / "home")), timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run
+
+
+def test_training_run_name_group_tags_and_flat_config(trained):
+    data = _offline_run(trained)
+    run_id = (trained / RUN_ID_FILE).read_text().strip()
+    assert run_id.encode() in data
+    assert b"pretrain_tiny-" in data and b"objective.lr=0.002" in data  # name: experiment + overrides
+    for tag in (b"model=wan_tiny", b"objective=flow_matching", b"trainer=cpu"):
+        assert tag in data
+    # the config logged (the CSV logger writes the same dict to hparams.yaml): flat, no duplicates, no plumbing
+    hparams = yaml.safe_load((trained / "csv" / "hparams.yaml").read_text())
+    assert hparams["objective.lr"] == 0.002 and "lr" not in hparams and "batch_size" not in hparams
+    assert not [k for k in hparams if k.split(".")[0] in ("callbacks", "paths", "hydra", "logger")]
+
+
+def test_validation_metrics_and_samples_share_the_step(trained):
+    _, rows = read_rows(trained / "csv" / "metrics.csv")
+    val_steps = sorted(int(float(r["step"])) for r in rows if r.get("val/rank_trajectory/accuracy"))
+    sample_steps = sorted(int(p.name.split("_")[1]) for p in (trained / "samples").glob("step_*"))
+    assert val_steps == sample_steps == [2, 4]
+
+
+def test_export_records_the_training_run(trained):
+    meta = json.loads((trained / "export" / "wan2.json").read_text())
+    run_id = (trained / RUN_ID_FILE).read_text().strip()
+    assert meta["train_run"]["id"] == run_id
+    assert meta["train_run"]["dir"] == str(trained.resolve())
+    assert meta["train_run"]["group"] == "pretrain_tiny"
+    from wan2.backbones.files import read_wan2_json
+
+    assert read_wan2_json(trained / "export").train_run["id"] == run_id  # the typed reader accepts it
+
+
+def test_eval_logs_its_protocol_and_links_the_training_run(trained, tmp_path):
+    out, home = tmp_path / "eval", tmp_path / "home"
+    cmd = [
+        sys.executable,
+        str(ROOT / "evaluate.py"),
+        f"ckpt={trained / 'export'}",
+        "num_videos=2",
+        "num_inference_steps=2",
+        f"out={out}",
+        "threads=1",
+        "metrics=[rank_trajectory,colour]",
+    ]
+    res = subprocess.run(
+        cmd, env=train_env(HOME=str(home)), capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    proto = json.loads((out / "report.json").read_text())["protocol"]
+    run_id = (trained / RUN_ID_FILE).read_text().strip()
+    assert proto["train_run"]["id"] == run_id
+    assert proto["ckpt"] == str(trained / "export") and proto["lora"] is None
+    assert proto["num_inference_steps"] == 2 and proto["seed"] == 0 and proto["num_videos"] == 2
+    assert proto["num_prompts"] == 2 and len(proto["prompts_sha256"]) == 16 and len(proto["vae_sha256"]) == 16
+    data = _offline_run(out)
+    assert b"eval" in data and run_id.encode() in data and proto["vae_sha256"].encode() in data
+    assert b"pretrain_tiny" in data  # grouped with the training runs of its experiment
+    # the eval's videos and W&B's staging stay in the eval folder, nothing under the user's home
+    assert len(list((out / "videos").glob("*.mp4"))) == 2
+    assert (out / "wandb" / "data").is_dir()
+    assert not (home / ".local" / "share" / "wandb").exists()
