@@ -145,3 +145,31 @@ def test_eval_logs_its_protocol_and_links_the_training_run(trained, tmp_path):
     assert len(list((out / "videos").glob("*.mp4"))) == 2
     assert (out / "wandb" / "data").is_dir()
     assert not (home / ".local" / "share" / "wandb").exists()
+
+
+def test_record_train_run_reaches_full_fused_and_lora_exports(tmp_path):
+    from wan2.eval.outputs import train_run_of
+    from wan2.eval.plan import Side
+    from wan2.export import record_train_run
+
+    export = tmp_path / "export"
+    (export / "fused").mkdir(parents=True)
+    (export / "lora").mkdir()
+    (export / "fused" / "wan2.json").write_text(json.dumps({"num_inference_steps": 4}))
+    (export / "lora" / "wan2_lora.json").write_text(json.dumps({"rank": 4, "component": "transformer"}))
+    run = {"id": "abc12345", "name": "lora_rankup-lora.rank=2", "group": "lora_rankup", "dir": str(tmp_path)}
+    changed = record_train_run(export, run)
+    assert sorted(p.relative_to(export).as_posix() for p in changed) == [
+        "fused/wan2.json",
+        "lora/wan2_lora.json",
+    ]
+    fused = json.loads((export / "fused" / "wan2.json").read_text())
+    assert fused == {"num_inference_steps": 4, "train_run": run}  # the other fields kept
+    lora = json.loads((export / "lora" / "wan2_lora.json").read_text())
+    assert lora["rank"] == 4 and lora["train_run"] == run
+    # an eval of a base + this LoRA links the LoRA's training run; a base without wan2.json links none
+    base = tmp_path / "base"
+    base.mkdir()
+    assert train_run_of(Side("model", str(base), lora=str(export / "lora"))) == run
+    assert train_run_of(Side("model", str(base))) is None
+    assert train_run_of(Side("model", str(export / "fused")))["id"] == "abc12345"
