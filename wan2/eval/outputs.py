@@ -159,17 +159,24 @@ def log_wandb(report: dict, out: Path, cfg) -> None:
     """The summary keys and a table of sample videos to W&B (offline unless WANDB_MODE says otherwise)."""
     import wandb
 
+    # W&B stages media and tables in its data / cache folders (default: under ~): in the eval folder instead,
+    # unless the user set them; restored afterwards (an evaluation called from Python leaves os.environ as it was)
+    staging = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache", "WANDB_ARTIFACT_DIR": "artifacts"}
+    staging = {var: str(out / "wandb" / sub) for var, sub in staging.items() if var not in os.environ}
+    os.environ.update(staging)
+    try:
+        _log_run(wandb, report, out, cfg)
+    finally:
+        for var in staging:
+            os.environ.pop(var, None)
+
+
+def _log_run(wandb, report: dict, out: Path, cfg) -> None:
+    """One eval run: the protocol as config, the summary, a table of sample videos."""
     from wan2.lightning.loggers import run_name, wandb_offline
 
     config = wandb_config(report)
     trained = [v for k, v in config.items() if k.endswith("protocol.train_run.group") and v]
-    # W&B stages media and tables in its data / cache folders: keep them in the eval folder too
-    for var, sub in (
-        ("WANDB_DATA_DIR", "data"),
-        ("WANDB_CACHE_DIR", "cache"),
-        ("WANDB_ARTIFACT_DIR", "artifacts"),
-    ):
-        os.environ.setdefault(var, str(out / "wandb" / sub))
     run = wandb.init(
         project=cfg.logger.wandb.get("project", "wan2"),
         name=run_name(f"eval-{out.name}"),
