@@ -128,9 +128,10 @@ def test_eval_logs_its_protocol_and_links_the_training_run(trained, tmp_path):
         "threads=1",
         "metrics=[rank_trajectory,colour]",
     ]
-    res = subprocess.run(
-        cmd, env=train_env(HOME=str(home)), capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+    env = train_env(HOME=str(home))
+    for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR", "WANDB_DIR"):
+        env.pop(var, None)  # W&B's defaults: under HOME, which the eval must not use
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     proto = json.loads((out / "report.json").read_text())["protocol"]
     run_id = (trained / RUN_ID_FILE).read_text().strip()
