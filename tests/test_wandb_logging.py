@@ -145,7 +145,7 @@ def test_eval_logs_its_protocol_and_links_the_training_run(trained, tmp_path):
     # the eval's videos and W&B's staging stay in the eval folder, nothing under the user's home
     assert len(list((out / "videos").glob("*.mp4"))) == 2
     assert (out / "wandb" / "data").is_dir()
-    assert not (home / ".local" / "share" / "wandb").exists()
+    assert not (home / ".local" / "share" / "wandb").exists() and not (home / ".cache" / "wandb").exists()
 
 
 def test_record_train_run_reaches_full_fused_and_lora_exports(tmp_path):
@@ -174,3 +174,30 @@ def test_record_train_run_reaches_full_fused_and_lora_exports(tmp_path):
     assert train_run_of(Side("model", str(base), lora=str(export / "lora"))) == run
     assert train_run_of(Side("model", str(base))) is None
     assert train_run_of(Side("model", str(export / "fused")))["id"] == "abc12345"
+
+
+def test_resumed_csv_keeps_the_validation_at_the_checkpoint_step(tmp_path):
+    """A validation is logged at the optimizer step k of the checkpoint saved just before it; a run resumed from
+    that checkpoint does not validate step k again: its rows stay, the training rows from k on are replaced."""
+    from wan2.lightning.loggers import CSVLogger
+
+    def write(rows: str):
+        (tmp_path / "csv").mkdir(exist_ok=True)
+        (tmp_path / "csv" / "metrics.csv").write_text("step,train/loss,val/acc\n" + rows)
+
+    previous = "4,1.0,\n5,,0.5\n5,0.9,\n6,0.8,\n7,,0.7\n"
+    write(previous)
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    logger.set_resume_step(5)
+    logger.log_metrics({"train/loss": 0.95}, step=5)
+    rows = read_rows(tmp_path / "csv" / "metrics.csv")[1]
+    assert [(r["step"], r["train/loss"], r["val/acc"]) for r in rows] == [
+        ("4", "1.0", ""),
+        ("5", "", "0.5"),  # the validation of step 5: kept
+        ("5", "0.95", ""),  # the training rows from step 5 on: this run's
+    ]
+    # the resume step unknown (a writer used outside training): every row from the first logged step on goes
+    write(previous)
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    logger.log_metrics({"train/loss": 0.95}, step=5)
+    assert [r["step"] for r in read_rows(tmp_path / "csv" / "metrics.csv")[1]] == ["4", "5"]

@@ -4,7 +4,8 @@
   run starts again in its folder, and writes rows only every ``flush_logs_every_n_steps``; a killed run could
   lose all of them. This one keeps the file: a resumed run reads it, drops the rows at and after the first
   step it logs itself (the killed attempt logged them past its last checkpoint; the resumed run logs them
-  again, so no step appears twice) and appends. Rows are written at every checkpoint, rewrites go through a
+  again, so no step appears twice; validation rows at the checkpoint's own step stay: not run again) and
+  appends. Rows are written at every checkpoint, rewrites go through a
   temp file and ``os.replace``, and a row cut short by a kill is dropped when the file is read back.
 - ``LogStep``: after a resume from a checkpoint saved on SIGTERM / SIGUSR1, Lightning's step counter for
   loggers came out one ahead of the optimizer step: every row was logged one step late. It is reset at the
@@ -121,18 +122,34 @@ def _step(row: dict) -> float:
         return float("nan")
 
 
+EVAL_PREFIXES = ("val/", "quick_eval/")
+
+
+def _relogged(row: dict, first: float, resume_step: float | None) -> bool:
+    """Whether this row of a previous attempt is logged again by this process, whose first row has step ``first``
+    and which resumed from the checkpoint of ``resume_step`` (None: not known): every row at and after ``first``,
+    except validation / QuickEval rows at ``resume_step``: they are logged at the optimizer step after its
+    checkpoint and are not run again on resume (kept)."""
+    step = _step(row)
+    if step != resume_step:
+        return step >= first
+    keys = [k for k, v in row.items() if v not in (None, "") and k not in ("step", "epoch")]
+    return not keys or not all(k.startswith(EVAL_PREFIXES) for k in keys)
+
+
 class _KeepingWriter(ExperimentWriter):
     """Lightning's CSV writer that keeps the rows already in ``metrics.csv``."""
 
     def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
         self._resumed_from: float | None = None
+        self.resume_step: int | None = None  # the checkpoint's step (CSVLogger.set_resume_step, from LogStep)
         self.metrics_keys, self._kept = read_rows(Path(self.metrics_file_path))
 
     def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
         if self._resumed_from is None:  # the first row of this process decides what is replaced
             first = step if step is not None else len(self.metrics)
             self._resumed_from = float(first)
-            kept = [r for r in self._kept if _step(r) < first]
+            kept = [r for r in self._kept if not _relogged(r, first, self.resume_step)]
             if len(kept) != len(self._kept):
                 self._rewrite(self.metrics_keys, kept)
             self._kept = []
@@ -178,6 +195,11 @@ class CSVLogger(_CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
+
+    def set_resume_step(self, step: int) -> None:
+        """The optimizer step this process starts from (the resumed checkpoint's; 0 for a fresh run)."""
+        if rank_zero_only.rank == 0:
+            self.experiment.resume_step = step
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         """Rows up to a checkpoint are on disk with it (a kill loses none that a resume will not log again)."""
@@ -247,6 +269,9 @@ class LogStep(L.Callback):
         if not self._synced:
             self._synced = True
             set_logger_step(trainer, trainer.global_step)
+            for logger in trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    logger.set_resume_step(trainer.global_step)
 
 
 def train_run(out_dir: str | Path, name: str) -> dict:
