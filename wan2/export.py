@@ -149,3 +149,23 @@ video = pipe("the green row climbs from #4 to #1", height={meta.get("height", 32
 - `max_sequence_length={backbone.text_len}`: the prompt length this model was trained with.
 - The VAE compresses time by {t}: ask for `num_frames` = {t}k+1.
 """
+
+
+def record_train_run(export_dir: str | Path, run: dict) -> list[Path]:
+    """Add ``train_run`` ({id, name, dir} of the training run) to every ``wan2.json`` (full / fused exports) and
+    ``wan2_lora.json`` (LoRA exports) under ``export_dir``: an evaluation of the export logs it (atomic rewrites).
+    Returns the files changed."""
+    import json
+
+    from wan2.backbones.files import Wan2Json, read_wan2_json
+
+    root = Path(export_dir)
+    changed = []
+    for f in sorted([*root.glob("wan2.json"), *root.glob("*/wan2.json")]):
+        meta = read_wan2_json(f.parent)
+        meta.train_run = Wan2Json.from_dict({"train_run": run}, where=str(f)).train_run
+        changed.append(atomic_write_text(f, meta.to_json()))
+    for f in sorted(root.glob("*/wan2_lora.json")):
+        extra = json.loads(f.read_text() or "{}")
+        changed.append(atomic_write_text(f, json.dumps({**extra, "train_run": run}, indent=2)))
+    return changed

@@ -17,16 +17,16 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import wan2.config_resolvers  # noqa: F401
 from wan2 import startup
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.data.cache import StaleCacheError
-from wan2.export import atomic_write_text, remove_leftovers
+from wan2.export import atomic_write_text, record_train_run, remove_leftovers
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
-from wan2.lightning.loggers import LogStep
+from wan2.lightning.loggers import LogStep, flat_config, train_run
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
@@ -184,9 +184,10 @@ def train(cfg: DictConfig) -> dict:
     launcher = getattr(trainer.strategy, "launcher", None)
     if hasattr(launcher, "kill"):  # a start-up signal to rank 0 reaches DDP ranks 1.. too
         startup.forward_to(launcher.kill)
+    flat = flat_config(cfg)  # the one config of the run (modules / datamodules log no hparams of their own)
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            lg.log_hyperparams(flat)
 
     start = time.time()
     try:
@@ -200,6 +201,8 @@ def train(cfg: DictConfig) -> dict:
     metrics.update({"global_step": int(trainer.global_step), "train_seconds": round(time.time() - start, 1)})
     if not trainer.interrupted and cfg.get("export", {}).get("enabled", True):
         metrics.update(_export(cfg, trainer, module, datamodule, out_dir / "export"))
+        if trainer.is_global_zero and (out_dir / "export").is_dir():  # evaluations of the export link back
+            record_train_run(out_dir / "export", train_run(out_dir, str(cfg.name)))
     if trainer.is_global_zero:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         for lg in loggers:  # the same summary keys in W&B, so runs compare side by side

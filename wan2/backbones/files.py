@@ -55,6 +55,7 @@ class Wan2Json:
     width: int | None = None  # default frame width in pixels
     fps: float | None = None  # playback rate of the training clips
     rows: int | None = None  # RankJump leaderboard rows the model was trained on
+    train_run: dict | None = None  # the training run that wrote it: {id (W&B run id), name, group, dir}
     source: str | None = field(default=None, repr=False)  # legacy: older LoRA exports recorded the base path
 
     CHECKS = {
@@ -66,6 +67,10 @@ class Wan2Json:
         "width": _int_ge(1),
         "fps": _num_ge(0, open_=True),
         "rows": _int_ge(1),
+        "train_run": (
+            lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+            "an object {id, name, group, dir}",
+        ),
         "source": (lambda v: isinstance(v, str), "a string"),
     }
 

@@ -3,6 +3,7 @@ report.html (wan2.eval.report) and the W&B run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from wan2.eval.plan import vae_fingerprint
 from wan2.eval.scoring import score
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ def _video_rows(ev: EvalSet, scores: dict, out: Path) -> list[dict]:
 def _protocol(ev: EvalSet, p: Plan, side: Side | None, cfg) -> dict:
     proto = {
         "num_videos": len(ev),
+        **prompts_of(ev),
         "num_frames": int(ev.videos.shape[1]),
         "resolution": f"{ev.videos.shape[2]}x{ev.videos.shape[3]}",
         "fps": ev.fps,
@@ -68,8 +71,54 @@ def _protocol(ev: EvalSet, p: Plan, side: Side | None, cfg) -> dict:
             "seed": int(cfg.seed),
             "seeds": "video i uses seed + i",
             "device": cfg.get("device", "cpu"),
+            "vae_sha256": vae_fingerprint(side.ckpt)[:16],
+            "train_run": train_run_of(side),
         }
     return proto
+
+
+def prompts_of(ev: EvalSet) -> dict:
+    """How many prompts, how many distinct, and a short hash of the ordered list: two evaluations with the same
+    ``prompts_sha256`` ran the same prompt set."""
+    joined = "\n".join(ev.prompts).encode()
+    return {
+        "num_prompts": len(set(ev.prompts)),
+        "prompts_sha256": hashlib.sha256(joined).hexdigest()[:16],
+    }
+
+
+def train_run_of(side: Side) -> dict | None:
+    """The training run recorded in the evaluated files ({id, name, dir}): the LoRA's ``wan2_lora.json`` when a
+    LoRA is applied, else the export's ``wan2.json``; None for files no wan2 training wrote."""
+    if side.lora:
+        lora = Path(side.lora)
+        meta = (lora if lora.is_dir() else lora.parent) / "wan2_lora.json"
+        try:
+            run = json.loads(meta.read_text()).get("train_run") if meta.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            run = None
+        if run:
+            return run
+    from wan2.backbones.files import BackboneError, read_wan2_json
+
+    try:
+        return read_wan2_json(side.ckpt).train_run
+    except BackboneError:
+        return None
+
+
+def wandb_config(report: dict) -> dict:
+    """The W&B config of an eval run: the whole protocol of each side (ckpt, LoRA and scale, steps, guidance,
+    seed, prompts, VAE hash, the training run), flat (``protocol.ckpt`` or ``A.protocol.ckpt``)."""
+    sides = [("", report)] if report["mode"] != "compare" else [("A.", report["a"]), ("B.", report["b"])]
+    config = {"mode": report["mode"], "metrics": report["metrics_run"]}
+    for prefix, side in sides:
+        for key, value in (side.get("protocol") or {}).items():
+            if isinstance(value, dict):
+                config |= {f"{prefix}protocol.{key}.{k}": v for k, v in value.items()}
+            else:
+                config[f"{prefix}protocol.{key}"] = value
+    return config
 
 
 def side_report(ev: EvalSet, p: Plan, side: Side | None, cfg, out: Path, sub: Path) -> dict:
@@ -110,13 +159,33 @@ def log_wandb(report: dict, out: Path, cfg) -> None:
     """The summary keys and a table of sample videos to W&B (offline unless WANDB_MODE says otherwise)."""
     import wandb
 
-    os.environ.setdefault("WANDB_MODE", "offline")
+    # W&B stages media and tables in its data / cache folders (default: under ~): in the eval folder instead,
+    # unless the user set them; restored afterwards (an evaluation called from Python leaves os.environ as it was)
+    staging = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache", "WANDB_ARTIFACT_DIR": "artifacts"}
+    staging = {var: str(out / "wandb" / sub) for var, sub in staging.items() if var not in os.environ}
+    os.environ.update(staging)
+    try:
+        _log_run(wandb, report, out, cfg)
+    finally:
+        for var in staging:
+            os.environ.pop(var, None)
+
+
+def _log_run(wandb, report: dict, out: Path, cfg) -> None:
+    """One eval run: the protocol as config, the summary, a table of sample videos."""
+    from wan2.lightning.loggers import run_name, wandb_offline
+
+    config = wandb_config(report)
+    trained = [v for k, v in config.items() if k.endswith("protocol.train_run.group") and v]
     run = wandb.init(
         project=cfg.logger.wandb.get("project", "wan2"),
-        name=f"eval-{out.name}",
+        name=run_name(f"eval-{out.name}"),
+        group=trained[0] if len(set(trained)) == 1 else "eval",  # beside the training run it evaluates
         dir=str(out),
         job_type="eval",
-        config={"mode": report["mode"], "metrics": report["metrics_run"]},
+        mode="offline" if wandb_offline() else "online",
+        tags=[f"mode={report['mode']}"],
+        config=config,
     )
     try:
         summary = {k: v for k, v in report["summary"].items() if v is not None}

@@ -87,7 +87,7 @@ class RankJumpDataModule(L.LightningDataModule):
         if dataclasses.is_dataclass(rj):  # a RankJumpConfig instance: its fields
             settings["rankjump"] = dataclasses.asdict(rj)
         self.cfg = self.Config.build(cfg, settings)
-        self.save_hyperparameters(self.cfg.to_dict())
+        self.save_hyperparameters(self.cfg.to_dict(), logger=False)  # wan2.tasks logs the whole config once
         self.rj_cfg = self.cfg.rankjump.plain()
 
     @property

@@ -63,7 +63,9 @@ class EncoderModule(L.LightningModule):
     def __init__(self, backbone=None, cfg: EncoderObjectiveConfig | None = None, **settings):
         super().__init__()
         cfg = self.cfg = self.Config.build(cfg, settings)
-        self.save_hyperparameters(cfg.to_dict())  # the Wan stack train() builds is not used here
+        self.save_hyperparameters(
+            cfg.to_dict(), logger=False
+        )  # wan2.tasks logs the config  # the Wan stack train() builds is not used here
         self.encoder = RankJumpEncoder(EncoderConfig(**cfg.encoder.to_dict()))
 
     def _step(self, batch) -> dict:

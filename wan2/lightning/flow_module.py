@@ -75,7 +75,7 @@ class FlowMatchingModule(L.LightningModule):
             if idle is not None and idle is not self.transformer and idle is not self.transformer_2:
                 idle.requires_grad_(False).eval()
         self.text_encoder = backbone.text_encoder
-        self.save_hyperparameters(cfg.to_dict())
+        self.save_hyperparameters(cfg.to_dict(), logger=False)  # wan2.tasks logs the config
         self.timestep_cfg = expert_timesteps(cfg.timesteps.to_dict(), self.expert, backbone.boundary_ratio)
         self.sample_cfg = cfg.sample.to_dict()
         self.backbone.vae.requires_grad_(False).eval()
@@ -312,7 +312,12 @@ class FlowMatchingModule(L.LightningModule):
             )
         self.text_encoder.train(was and self.hparams.train_text_encoder)
         scores = judge(video, batch["meta"])  # rank_trajectory/*, colour/accuracy, flicker/score
-        self.log_dict({f"val/{k}": v for k, v in scores.items()}, batch_size=len(batch["caption"]))
+        # "step": the optimizer step, as the samples below, QuickEval and the checkpoint (Lightning's own counter
+        # for validation rows lags one behind it: metrics and samples of one validation sat one step apart)
+        self.log_dict(
+            {f"val/{k}": v for k, v in scores.items()} | {"step": float(self.global_step)},
+            batch_size=len(batch["caption"]),
+        )
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._save_samples(video, batch["caption"], batch["meta"])
 

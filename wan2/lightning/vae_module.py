@@ -37,7 +37,7 @@ class VAEModule(L.LightningModule):
         ):  # decoder-only fine-tuning keeps the latent space (and every cache / base on it)
             for m in (self.vae.encoder, self.vae.quant_conv):
                 m.requires_grad_(False)
-        self.save_hyperparameters(cfg.to_dict())
+        self.save_hyperparameters(cfg.to_dict(), logger=False)  # wan2.tasks logs the config
 
     def forward(self, video: torch.Tensor):
         post = self.vae.encode(video).latent_dist
@@ -63,7 +63,11 @@ class VAEModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self._losses(batch["video"]) | self.judge_reconstructions(batch)
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=len(batch["video"]), sync_dist=True)
+        self.log_dict(  # "step": the optimizer step (as FlowMatchingModule's validation)
+            {f"val/{k}": v for k, v in out.items()} | {"step": float(self.global_step)},
+            batch_size=len(batch["video"]),
+            sync_dist=True,
+        )
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._save_samples(batch)
 
