@@ -108,3 +108,23 @@ def test_training_run_cards_record_experiment_steps_license_and_metrics(exports,
 def test_license_is_declared_once_in_the_train_config():
     cfg = compose_cfg([])
     assert "license" in cfg.export and cfg.export.license is None  # null: DEFAULT_LICENSE
+
+
+def test_the_cards_load_recipe_runs_as_written(exports, tmp_path, monkeypatch):
+    """The LoRA card's Python block (its folder filled in) makes the video with stock diffusers; the saving line
+    runs where diffusers' export_to_video has a backend (opencv or imageio; this CPU image has neither)."""
+    import importlib.util
+    import re
+
+    _, lora = exports
+    _, body = front_matter(lora / "README.md")
+    (code,) = re.findall(r"```python\n(.*?)```", body, re.S)
+    code = code.replace("PATH/TO/THIS/FOLDER", str(lora))
+    can_save = any(importlib.util.find_spec(m) for m in ("cv2", "imageio"))
+    if not can_save:
+        code = "\n".join(line for line in code.splitlines() if not line.startswith("export_to_video("))
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(code, scope)
+    assert scope["video"].shape == (17, 32, 32, 3)  # (F, H, W, 3): the exported size
+    assert (tmp_path / "video.mp4").is_file() == can_save

@@ -175,17 +175,22 @@ def _tags(card: dict, *extra: str) -> list[str]:
 
 
 def _call(meta: dict, text_len: int | None) -> str:
-    """The stock-diffusers call at this model's exported size, steps and guidance."""
+    """The stock-diffusers call at this model's exported size, steps and guidance (laid out as ruff formats
+    it: ``make lint`` formats the Python blocks of Markdown files too)."""
     from wan2.sampling_config import SAMPLE_DEFAULTS
 
     meta = {**SAMPLE_DEFAULTS.to_dict(), **{k: v for k, v in meta.items() if v is not None}}
-    seq = f", max_sequence_length={text_len}" if text_len else ""
+    args = [
+        '"the green row climbs from #4 to #1"',
+        f"height={meta.get('height', 32)}",
+        f"width={meta.get('width', 32)}",
+        f"num_frames={meta.get('num_frames', 17)}",
+        f"num_inference_steps={meta['num_inference_steps']}",
+        f"guidance_scale={meta['guidance_scale']}",
+    ] + ([f"max_sequence_length={text_len}"] if text_len else [])
+    lines = "".join(f"    {a},\n" for a in args)
     return (
-        f'video = pipe("the green row climbs from #4 to #1", height={meta.get("height", 32)}, '
-        f"width={meta.get('width', 32)},\n             num_frames={meta.get('num_frames', 17)}, "
-        f"num_inference_steps={meta['num_inference_steps']},\n"
-        f"             guidance_scale={meta['guidance_scale']}{seq}).frames[0]\n"
-        f'export_to_video(video, "video.mp4", fps={meta.get("fps") or 8})'
+        f'video = pipe(\n{lines}).frames[0]\nexport_to_video(video, "video.mp4", fps={meta.get("fps") or 8})'
     )
 
 
@@ -209,11 +214,13 @@ A Wan 2.x text-to-video pipeline (diffusers `WanPipeline` format, safetensors) w
 ```python
 from diffusers import DiffusionPipeline
 from diffusers.utils import export_to_video
+
 pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER")
 {_call(meta, text_len)}
 ```
 
 - `max_sequence_length={text_len}`: the prompt length this model was trained with.
+- `export_to_video` needs OpenCV or imageio (`pip install opencv-python`).
 - Ask for `num_frames` = {t}k+1 (the VAE compresses time by {t}).
 """
 
@@ -242,10 +249,13 @@ A LoRA adapter (rank {lora_meta.get("rank", "?")}, targets `{lora_meta.get("targ
 ```python
 from diffusers import DiffusionPipeline
 from diffusers.utils import export_to_video
+
 pipe = DiffusionPipeline.from_pretrained("{base}")
 pipe.load_lora_weights("PATH/TO/THIS/FOLDER", weight_name="pytorch_lora_weights.safetensors"{into2})
 {_call(base_meta, base_meta.get("text_len"))}
 ```
+
+`export_to_video` needs OpenCV or imageio (`pip install opencv-python`).
 """
 
 
