@@ -166,7 +166,7 @@ def _training_lines(card: dict) -> str:
     metrics = {k: v for k, v in (card.get("metrics") or {}).items() if isinstance(v, (int, float))}
     if metrics:
         lines.append("\n| metric | value |\n|---|---|")
-        lines += [f"| `{k}` | {v:.4g} |" for k, v in sorted(metrics.items())]
+        lines += [f"| `{k}` | {v:.6g} |" for k, v in sorted(metrics.items())]
     return "\n".join(lines) if lines else "- No training record (exported directly, not by `train.py`)."
 
 
