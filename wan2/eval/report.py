@@ -398,10 +398,10 @@ def _comparison(report: dict) -> str:
     if tested > 1:
         holm_sig = [k for k, c in comp.items() if c.get("p_holm") is not None and c["p_holm"] < 1 - level]
         caveats.append(
-            f"Multiple comparisons: {tested} metrics were compared, each with its own {level:.0%} interval, "
-            f"so about {tested * (1 - level):.1f} of them could look significant by chance alone. The "
-            f"Holm-adjusted p-values (column p Holm) control that; significant after Holm at "
-            f"{1 - level:.2g}: {html.escape(', '.join(holm_sig)) if holm_sig else 'none'}."
+            f"Multiple comparisons: {tested} metrics were compared, each with its own {level:.0%} interval; "
+            f"if nothing changed, the chance that at least one still looks significant is up to "
+            f"{1 - level**tested:.0%}. The Holm-adjusted p-values (column p Holm) control that; significant "
+            f"after Holm at {1 - level:.2g}: {html.escape(', '.join(holm_sig)) if holm_sig else 'none'}."
         )
     caveat = "".join(f"<p class='caveat'>{c}</p>" for c in caveats)
     return (
