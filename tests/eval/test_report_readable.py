@@ -208,7 +208,7 @@ def test_no_python_reprs_notes_as_prose_and_a_page_that_fits(ab, tmp_path):
     report["a"] = dict(report["a"], metrics={"flicker": {"kind": "temporal", "frames": [1, 2]}})
     tree = Tree(render_html(report, out))
     text = tree.root["text"]
-    assert not re.search(r"\{'|'\}|\[\d+, \d+\]|\{\"", text), re.search(r".{40}\{'.{40}", text)
+    assert not re.search(r"\{'|'\}|\['|'\]|\{\"", text), re.search(r".{40}\{'.{40}", text)
     notes = [li["text"] for ul in tree.all("ul") for li in tree.all("li", node=ul)]
     assert "A and B use different VAEs" in notes and "vae a: x; vae b: y" in notes
     assert "kind: temporal; frames: 1, 2" in text
