@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from wan2.backbones.files import BackboneError, read_wan2_json
+
 
 def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)`` then move ``tmp_dir`` to ``target`` (replacing an older one)."""
@@ -106,8 +108,11 @@ def export_vae(vae, out_dir: str | Path) -> Path:
     return atomic_dir(out_dir, lambda d: vae.save_pretrained(d, safe_serialization=True))
 
 
-def export_pipeline(backbone, out_dir: str | Path, sampling: dict | None = None) -> Path:
-    """A full WanPipeline (safetensors only) plus ``wan2.json`` with the call conventions of this model.
+def export_pipeline(
+    backbone, out_dir: str | Path, sampling: dict | None = None, card: dict | None = None
+) -> Path:
+    """A full WanPipeline (safetensors only) plus ``wan2.json`` with the call conventions of this model and a
+    model card ``README.md`` (Hub metadata; ``card``: what ``card_info`` gathers about the training run).
 
     Stock ``diffusers.DiffusionPipeline.from_pretrained(out_dir)`` loads it; ``wan2.json`` records
     ``text_len`` (pass it as ``max_sequence_length``) and the default steps / guidance / size.
@@ -119,35 +124,106 @@ def export_pipeline(backbone, out_dir: str | Path, sampling: dict | None = None)
     # backbone came from (WanBackbone.extra), not a call convention: never written
     fields = {k: v for k, v in {"text_len": backbone.text_len, **(sampling or {})}.items() if k != "source"}
     meta = Wan2Json.from_dict(fields, where="export wan2.json")
+    card = {"base_model": backbone.extra.get("source"), **(card or {})}
+    card["time_compression"] = backbone.vae.config.scale_factor_temporal
 
     def write(d: Path) -> None:
         backbone.pipeline().save_pretrained(d, safe_serialization=True)
         (d / "wan2.json").write_text(meta.to_json())
-        (d / "README.md").write_text(_model_card(backbone, meta.to_dict()))
+        (d / "README.md").write_text(model_card(meta.to_dict(), card))
 
     return atomic_dir(out_dir, write)
 
 
-def _model_card(backbone, meta: dict) -> str:
+# ----------------------------------------------------------------------------------------------- model cards
+# Hub model-card metadata: https://huggingface.co/docs/hub/model-cards (YAML front matter between --- lines)
+DEFAULT_LICENSE = "apache-2.0"  # Wan2.2's license; the run's own value comes from ``export.license``
+
+
+def _front_matter(base_model: str | None, tags: list[str], license: str | None) -> str:
+    import yaml
+
+    meta = {
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-video",
+        "license": license or DEFAULT_LICENSE,
+        "tags": list(dict.fromkeys(t for t in tags if t)),
+    }
+    if base_model:
+        meta["base_model"] = str(base_model)
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _training_lines(card: dict) -> str:
+    """How it was trained and what it scored, as Markdown bullets (only what is known)."""
+    lines = []
+    if card.get("experiment"):
+        lines.append(f"- Experiment: `{card['experiment']}` (objective `{card.get('objective') or '?'}`)")
+    if card.get("steps") is not None:
+        lines.append(f"- Training steps: {card['steps']}")
+    if card.get("base_model"):
+        lines.append(f"- Fine-tuned from: `{card['base_model']}`")
+    if card.get("run_dir"):
+        lines.append(f"- Run folder: `{card['run_dir']}` (config in `.hydra/config.yaml`)")
+    metrics = {k: v for k, v in (card.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    if metrics:
+        lines.append("\n| metric | value |\n|---|---|")
+        lines += [f"| `{k}` | {v:.6g} |" for k, v in sorted(metrics.items())]
+    return "\n".join(lines) if lines else "- No training record (exported directly, not by `train.py`)."
+
+
+def _tags(card: dict, *extra: str) -> list[str]:
+    return ["wan2", "wan", "text-to-video", *extra, card.get("objective")]
+
+
+def _call(meta: dict, text_len: int | None) -> str:
+    """The stock-diffusers call at this model's exported size, steps and guidance (laid out as ruff formats
+    it: ``make lint`` formats the Python blocks of Markdown files too)."""
     from wan2.sampling_config import SAMPLE_DEFAULTS
 
-    meta = {**SAMPLE_DEFAULTS.to_dict(), **meta}
-    t = backbone.vae.config.scale_factor_temporal
-    frames = meta.get("num_frames", 17)
-    return f"""# wan2 export
+    meta = {**SAMPLE_DEFAULTS.to_dict(), **{k: v for k, v in meta.items() if v is not None}}
+    args = [
+        '"the green row climbs from #4 to #1"',
+        f"height={meta.get('height', 32)}",
+        f"width={meta.get('width', 32)}",
+        f"num_frames={meta.get('num_frames', 17)}",
+        f"num_inference_steps={meta['num_inference_steps']}",
+        f"guidance_scale={meta['guidance_scale']}",
+    ] + ([f"max_sequence_length={text_len}"] if text_len else [])
+    lines = "".join(f"    {a},\n" for a in args)
+    return (
+        f'video = pipe(\n{lines}).frames[0]\nexport_to_video(video, "video.mp4", fps={meta.get("fps") or 8})'
+    )
 
-Load with stock diffusers:
+
+def model_card(meta: dict, card: dict | None = None) -> str:
+    """README.md of a full export: Hub front matter, what it is, how it was trained, how to load it."""
+    card = card or {}
+    text_len = meta.get("text_len")
+    t = card.get("time_compression") or 4
+    return f"""{_front_matter(card.get("base_model"), _tags(card), card.get("license"))}
+# wan2 export{": " + card["experiment"] if card.get("experiment") else ""}
+
+A Wan 2.x text-to-video pipeline (diffusers `WanPipeline` format, safetensors) written by wan2's
+`wan2/export.py`; `wan2.json` records its call conventions.
+
+## Training
+
+{_training_lines(card)}
+
+## Load with stock diffusers
 
 ```python
 from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained(".")
-video = pipe("the green row climbs from #4 to #1", height={meta.get("height", 32)}, width={meta.get("width", 32)},
-             num_frames={frames}, num_inference_steps={meta["num_inference_steps"]},
-             guidance_scale={meta["guidance_scale"]}, max_sequence_length={backbone.text_len}).frames[0]
+from diffusers.utils import export_to_video
+
+pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER")
+{_call(meta, text_len)}
 ```
 
-- `max_sequence_length={backbone.text_len}`: the prompt length this model was trained with.
-- The VAE compresses time by {t}: ask for `num_frames` = {t}k+1.
+- `max_sequence_length={text_len}`: the prompt length this model was trained with.
+- `export_to_video` needs OpenCV or imageio (`pip install opencv-python`).
+- Ask for `num_frames` = {t}k+1 (the VAE compresses time by {t}).
 """
 
 
@@ -157,7 +233,7 @@ def record_train_run(export_dir: str | Path, run: dict) -> list[Path]:
     Returns the files changed."""
     import json
 
-    from wan2.backbones.files import Wan2Json, read_wan2_json
+    from wan2.backbones.files import Wan2Json
 
     root = Path(export_dir)
     changed = []
@@ -169,3 +245,86 @@ def record_train_run(export_dir: str | Path, run: dict) -> list[Path]:
         extra = json.loads(f.read_text() or "{}")
         changed.append(atomic_write_text(f, json.dumps({**extra, "train_run": run}, indent=2)))
     return changed
+
+
+def lora_card(lora_meta: dict, base_meta: dict | None = None, card: dict | None = None) -> str:
+    """README.md of a LoRA export: front matter with the base model, and the load_lora_weights recipe."""
+    card = {**(card or {}), "base_model": lora_meta.get("base") or (card or {}).get("base_model")}
+    base = card["base_model"] or "PATH/TO/THE/BASE/EXPORT"
+    into2 = ", load_into_transformer_2=True" if lora_meta.get("load_into_transformer_2") else ""
+    expert = lora_meta.get("expert")
+    where = f" on the {expert}-noise expert" if expert in ("high", "low") else ""
+    base_meta = base_meta or {}
+    return f"""{_front_matter(card["base_model"], _tags(card, "lora"), card.get("license"))}
+# wan2 LoRA{": " + card["experiment"] if card.get("experiment") else ""}
+
+A LoRA adapter (rank {lora_meta.get("rank", "?")}, targets `{lora_meta.get("targets", "?")}`{where}) for the
+`{lora_meta.get("component", "transformer")}` of the base pipeline `{base}`, in the diffusers
+`pytorch_lora_weights.safetensors` format (`adapter_config.json`: PEFT; `wan2_lora.json`: wan2's record).
+
+## Training
+
+{_training_lines(card)}
+
+## Load with stock diffusers
+
+```python
+from diffusers import DiffusionPipeline
+from diffusers.utils import export_to_video
+
+pipe = DiffusionPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("PATH/TO/THIS/FOLDER", weight_name="pytorch_lora_weights.safetensors"{into2})
+{_call(base_meta, base_meta.get("text_len"))}
+```
+
+`export_to_video` needs OpenCV or imageio (`pip install opencv-python`).
+"""
+
+
+def card_info(cfg, module, metrics: dict, run_dir: Path) -> dict:
+    """What a training run tells its model cards: experiment, objective, steps, base, license, metrics."""
+    objective = getattr(getattr(module, "Config", None), "NAME", None)
+    return {
+        "experiment": cfg.get("name"),
+        "objective": objective,
+        "steps": metrics.get("global_step"),
+        "base_model": (cfg.get("model") or {}).get("pretrained"),
+        "license": (cfg.get("export") or {}).get("license"),
+        "run_dir": str(run_dir),
+        "metrics": {k: v for k, v in metrics.items() if "/" in k},
+    }
+
+
+def write_model_cards(export_dir: str | Path, card: dict) -> list[Path]:
+    """Rewrite README.md of every full export and LoRA export in ``export_dir`` (itself and its subfolders)
+    with what the training run knows (``card``: experiment, objective, steps, license, metrics); returns them."""
+    export_dir = Path(export_dir)
+    written = []
+    for d in (
+        [export_dir, *sorted(p for p in export_dir.glob("*") if p.is_dir())] if export_dir.is_dir() else []
+    ):
+        if (d / "model_index.json").is_file() and (d / "wan2.json").is_file():
+            meta = read_wan2_json(d).to_dict()
+            t = _read_json(d / "vae" / "config.json").get("scale_factor_temporal")
+            written.append(
+                atomic_write_text(d / "README.md", model_card(meta, {**card, "time_compression": t}))
+            )
+        elif (d / "pytorch_lora_weights.safetensors").is_file():
+            lora_meta = _read_json(d / "wan2_lora.json")
+            try:
+                base_meta = read_wan2_json(lora_meta["base"]).to_dict() if lora_meta.get("base") else {}
+            except (BackboneError, OSError):  # a base moved or broken since: the card says less
+                base_meta = {}
+            written.append(atomic_write_text(d / "README.md", lora_card(lora_meta, base_meta, card)))
+    return written
+
+
+def _read_json(path: Path) -> dict:
+    """A small JSON object file, or {} when absent / unreadable (a card is written with what is known)."""
+    import json
+
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -24,7 +24,7 @@ from wan2 import startup
 from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.data.cache import StaleCacheError
-from wan2.export import atomic_write_text, record_train_run, remove_leftovers
+from wan2.export import atomic_write_text, card_info, record_train_run, remove_leftovers, write_model_cards
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
 from wan2.lightning.loggers import LogStep, flat_config, train_run
 from wan2.lightning.reliability import (
@@ -203,6 +203,8 @@ def train(cfg: DictConfig) -> dict:
         metrics.update(_export(cfg, trainer, module, datamodule, out_dir / "export"))
         if trainer.is_global_zero and (out_dir / "export").is_dir():  # evaluations of the export link back
             record_train_run(out_dir / "export", train_run(out_dir, str(cfg.name)))
+        if trainer.is_global_zero:  # the model cards get what only the run knows (wan2.export.card_info)
+            write_model_cards(out_dir / "export", card_info(cfg, module, metrics, out_dir))
     if trainer.is_global_zero:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         for lg in loggers:  # the same summary keys in W&B, so runs compare side by side

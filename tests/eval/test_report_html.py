@@ -109,8 +109,18 @@ def test_evaluate_videos_named_like_scripts_give_a_safe_report(tmp_path):
     assert report["summary"]["rank_trajectory/accuracy"] == 1.0
     page = Page((out / "report.html").read_text())
     _assert_safe(page, out)
-    links = page.hrefs()
+    # both clips are small: embedded as data URIs, no link left, and the page says it is self-contained
+    assert page.hrefs() == []
+    srcs = [a["src"] for t, a in page.tags if t == "video"]
+    assert len(srcs) == 2 and all(s.startswith("data:video/mp4;base64,") for s in srcs)
+    assert "javascript:alert(1).mp4" in "".join(page.text)  # the name as text
+    assert "Self-contained" in "".join(page.text)
+    # over the embedding cap they are linked, relative and inside the folder, and the page says so
+    linked = Page(render_html(report, out, embed_limit=0))
+    _assert_safe(linked, out)
+    links = linked.hrefs()
     assert len(links) == 2 and all((out / unquote(h)).is_file() for h in links)
     assert "./javascript%3Aalert%281%29.mp4" in links
+    assert "Not self-contained" in "".join(linked.text)
     assert EVIL_PROMPT in "".join(page.text)
     assert np.isfinite(report["summary"]["rank_trajectory/row_error"])

@@ -1,18 +1,73 @@
-"""A/B statistics: per summary key, the paired B - A difference over identical prompts and seeds, with a
-bootstrap CI where there are per-video numbers, and a verdict."""
+"""A/B statistics: per summary key, the paired B - A difference over identical prompts and seeds, with a BCa
+bootstrap CI (``scipy.stats.bootstrap(method="BCa")``) where there are per-video numbers, a verdict, and a
+Holm adjustment across all the metrics compared (many CIs at 95% give some false "significant" verdicts)."""
 
 from __future__ import annotations
 
+import numpy as np
+
+SMALL_N = 30  # fewer pairs: bootstrap intervals are approximate (often too narrow); the report says so
+
+
+def bca_paired(a, b, num_samples: int = 10_000, ci: float = 0.95, seed: int = 0) -> dict:
+    """Mean of ``b - a`` over complete pairs with a BCa bootstrap CI and a two-sided bootstrap p-value for 0;
+    a ValueError below 2 pairs."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a/b: expected two 1-d arrays of equal length, got {a.shape} and {b.shape}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = b[keep] - a[keep]  # (n,) paired differences
+    n = int(d.size)
+    if n < 2:
+        raise ValueError(f"a/b: {n} complete pair(s); a bootstrap CI needs at least 2")
+    out = {
+        "mean_a": float(a[keep].mean()),
+        "mean_b": float(b[keep].mean()),
+        "diff": float(d.mean()),
+        "ci": ci,
+        "num_pairs": n,
+        "num_samples": num_samples,
+        "method": "BCa",
+    }
+    if np.ptp(d) == 0.0:  # every pair differs by the same amount: no spread to resample
+        return out | {"ci_low": float(d[0]), "ci_high": float(d[0]), "p_value": 1.0 if d[0] == 0 else 0.0}
+    res = bootstrap(
+        (d,),
+        np.mean,
+        confidence_level=ci,
+        n_resamples=num_samples,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
+    dist = res.bootstrap_distribution  # (S,) resampled means
+    p = min(1.0, 2.0 * min(np.mean(dist <= 0.0), np.mean(dist >= 0.0)))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return out | {"ci_low": lo, "ci_high": hi, "p_value": float(p)}
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (monotone step-down) for the keys given."""
+    order = sorted(p_values, key=p_values.get)
+    m, running, out = len(order), 0.0, {}
+    for i, key in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_values[key]))
+        out[key] = running
+    return out
+
 
 def compare(a: dict, b: dict, num_samples: int = 10_000, ci: float = 0.95, seed: int = 0) -> dict:
-    """Per summary key: the paired B - A difference with a bootstrap CI (per-video metrics) and a verdict."""
-    from wan2.metrics.stats import paired_bootstrap, verdict
+    """Per summary key: the paired B - A difference with a BCa CI (per-video metrics), a verdict, the number
+    of pairs / videos behind it and, across the keys with a CI, Holm-adjusted p-values."""
+    from wan2.metrics.stats import verdict
 
     out = {}
     for key in a["summary"]:
         if key not in b["summary"]:
             continue
         hib = a["higher_is_better"].get(key, True)
+        ns = {"n_a": a.get("n", {}).get(key), "n_b": b.get("n", {}).get(key)}
         va, vb = a["per_video"].get(key), b["per_video"].get(key)
         batches = min(s["metrics"].get("nfe_time", {}).get("num_batches", 0) for s in (a, b))
         if key == "cost/seconds_per_video" and batches < 2:  # one timing per batch: too few to resample
@@ -22,19 +77,20 @@ def compare(a: dict, b: dict, num_samples: int = 10_000, ci: float = 0.95, seed:
                 "diff": b["summary"][key] - a["summary"][key],
                 "higher_is_better": hib,
                 "verdict": f"no CI (one timing per batch, {batches} batch)",
-            }
+            } | ns
             continue
         if va is not None and vb is not None:
             try:
-                res = paired_bootstrap(va, vb, num_samples=num_samples, ci=ci, seed=seed)
+                res = bca_paired(va, vb, num_samples=num_samples, ci=ci, seed=seed)
             except ValueError as err:  # fewer than 2 complete pairs
                 out[key] = {
                     "diff": b["summary"][key] - a["summary"][key],
                     "verdict": f"no CI ({err})",
                     "higher_is_better": hib,
-                }
+                } | ns
                 continue
-            out[key] = res | {"verdict": verdict(res["ci_low"], res["ci_high"], hib), "higher_is_better": hib}
+            verdict_text = verdict(res["ci_low"], res["ci_high"], hib)
+            out[key] = res | {"verdict": verdict_text, "higher_is_better": hib} | ns
             continue
         ma, mb = a["summary"][key], b["summary"][key]
         d = mb - ma
@@ -42,5 +98,9 @@ def compare(a: dict, b: dict, num_samples: int = 10_000, ci: float = 0.95, seed:
             text = "no difference" if d == 0 else ("B better" if (d > 0) == hib else "B worse")
         else:
             text = "no CI (one number per set)"
-        out[key] = {"mean_a": ma, "mean_b": mb, "diff": d, "verdict": text, "higher_is_better": hib}
+        out[key] = {"mean_a": ma, "mean_b": mb, "diff": d, "verdict": text, "higher_is_better": hib} | ns
+    tested = {k: c["p_value"] for k, c in out.items() if c.get("p_value") is not None}
+    for key, p in holm(tested).items():
+        out[key]["p_holm"] = p
+        out[key]["num_compared"] = len(tested)
     return out

@@ -50,6 +50,15 @@ def _video_rows(ev: EvalSet, scores: dict, out: Path) -> list[dict]:
     return rows
 
 
+def _counts(scores: dict, num_videos: int) -> dict[str, int]:
+    """Per summary key, the number of videos behind it: finite per-video values, else the whole set."""
+    n = {}
+    for key in scores["summary"]:
+        values = scores["per_video"].get(key)
+        n[key] = num_videos if values is None else int(np.isfinite(np.asarray(values, dtype=float)).sum())
+    return n
+
+
 def _protocol(ev: EvalSet, p: Plan, side: Side | None, cfg) -> dict:
     proto = {
         "num_videos": len(ev),
@@ -136,6 +145,7 @@ def side_report(ev: EvalSet, p: Plan, side: Side | None, cfg, out: Path, sub: Pa
         "metrics": scores["info"],
         "skipped": scores["skipped"],
         "higher_is_better": scores["higher_is_better"],
+        "n": _counts(scores, len(ev)),
         "contact_sheets": {
             k: {"file": os.path.relpath(f, out), "videos": idx} for k, (f, idx) in sheets.items()
         },

@@ -1,7 +1,8 @@
 """What people look at: contact sheets (PNG), sample folders, inline SVG plots and report.html.
 
 No plotting library: bar charts and CI whiskers are a few SVG rectangles and lines written here. Every string
-that reaches the HTML is escaped, and a video is linked only by a relative path inside the report folder.
+that reaches the HTML is escaped; a video inside the report folder is embedded as a data URI (up to
+``EMBED_LIMIT`` bytes per page) or linked by a relative path inside that folder, never anything else.
 """
 
 from __future__ import annotations
@@ -160,28 +161,87 @@ def svg_bars(
     return "".join(parts)
 
 
-def svg_ci(diff: float, lo: float, hi: float, width: int = 180, height: int = 22) -> str:
-    """A CI whisker around the difference, with the zero line: does the interval cross 0?"""
-    span = max(abs(lo), abs(hi), abs(diff), 1e-12) * 1.1
+def metric_family(key: str) -> str:
+    """The axis a metric's CI shares: every accuracy (a share in [0, 1], differences in [-1, 1]) one axis,
+    any other metric the axis of its own metric name (``flicker/score`` and ``flicker/p90`` together)."""
+    return "accuracy" if key.rsplit("/", 1)[-1].endswith("accuracy") else key.split("/")[0]
+
+
+def family_spans(comparison: dict) -> dict[str, float]:
+    """Half-width of each family's shared CI axis: 1 for accuracies, else the family's largest |bound|."""
+    spans: dict[str, float] = {}
+    for key, c in comparison.items():
+        fam = metric_family(key)
+        if fam == "accuracy":
+            spans[fam] = 1.0
+        elif "ci_low" in c:
+            bound = max(abs(c["ci_low"]), abs(c["ci_high"]), abs(c["diff"]))
+            spans[fam] = max(spans.get(fam, 0.0), bound)
+    return {f: (v if f == "accuracy" else _nice(v)) for f, v in spans.items()}
+
+
+def _nice(v: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``v`` (a readable axis end)."""
+    if not v > 0:
+        return 1.0
+    k = 10.0 ** np.floor(np.log10(v))
+    return float(next(m * k for m in (1, 2, 2.5, 5, 10) if m * k >= v))
+
+
+def svg_ci(diff: float, lo: float, hi: float, span: float, width: int = 220, height: int = 30) -> str:
+    """A CI whisker around the difference on the axis [-span, span] (shared by the metric's family), with the
+    zero line and the axis ends written under it: a 0.002 change looks as small as it is."""
+    pad = 8
 
     def x(v):
-        return width / 2 + v / span * (width / 2 - 6)
+        return width / 2 + max(-1.0, min(1.0, v / span)) * (width / 2 - pad)
 
     colour = "#2a9d3a" if lo > 0 else ("#d03030" if hi < 0 else "#777")
+    y = 10
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
-        f'<line x1="{width / 2}" y1="2" x2="{width / 2}" y2="{height - 2}" stroke="#bbb"/>'
-        f'<line x1="{x(lo):.1f}" y1="{height / 2}" x2="{x(hi):.1f}" y2="{height / 2}" stroke="{colour}" stroke-width="2"/>'
-        f'<circle cx="{x(diff):.1f}" cy="{height / 2}" r="3.5" fill="{colour}"/></svg>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="ci" '
+        f'data-span="{span:.6g}">'
+        f'<line x1="{pad}" y1="{y}" x2="{width - pad}" y2="{y}" stroke="#eee"/>'
+        f'<line x1="{width / 2}" y1="2" x2="{width / 2}" y2="{y + 8}" stroke="#bbb"/>'
+        f'<line x1="{x(lo):.1f}" y1="{y}" x2="{x(hi):.1f}" y2="{y}" stroke="{colour}" stroke-width="2"/>'
+        f'<circle cx="{x(diff):.1f}" cy="{y}" r="3.5" fill="{colour}"/>'
+        f'<text x="{pad}" y="{height - 2}" font-size="9">{-span:.6g}</text>'
+        f'<text x="{width / 2}" y="{height - 2}" font-size="9" text-anchor="middle">0</text>'
+        f'<text x="{width - pad}" y="{height - 2}" font-size="9" text-anchor="end">{span:.6g}</text></svg>'
     )
 
 
 # ----------------------------------------------------------------------------- HTML
 
-STYLE = """body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;margin:8px 0 18px}
+STYLE = """body{font-family:sans-serif;margin:24px auto;max-width:1200px;padding:0 12px}
+table{border-collapse:collapse;margin:8px 0 18px}.scroll{max-width:100%;overflow-x:auto}
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}
-td.l,th.l{text-align:left}.plots svg{margin:4px;border:1px solid #eee}img{image-rendering:pixelated;margin:4px}
-.note{color:#666;font-size:12px}"""
+td.l,th.l{text-align:left}td.l{max-width:32em;overflow-wrap:anywhere}.plots svg{margin:4px;border:1px solid #eee}
+img{image-rendering:pixelated;margin:4px;max-width:100%}video{max-width:240px;image-rendering:pixelated}
+.pairs td{vertical-align:top}.note{color:#666;font-size:12px}.caveat{background:#fff6dd;padding:6px 10px}"""
+EMBED_LIMIT = 24 * 2**20  # bytes of mp4 embedded per report (base64 adds a third); the rest are linked
+
+
+class _Clips:
+    """Embeds clips as data URIs until ``limit`` bytes, links the rest; counts both for the page's claim."""
+
+    def __init__(self, out: Path, limit: int):
+        self.out, self.left, self.embedded, self.linked = Path(out), limit, 0, 0
+
+    def cell(self, file: str) -> str:
+        path = (self.out / file).resolve()
+        inside = not Path(file).is_absolute() and path.is_relative_to(self.out.resolve())
+        size = path.stat().st_size if inside and path.is_file() else None
+        if size is None or size > self.left:
+            self.linked += 1
+            return video_link(file, self.out)
+        self.left -= size
+        self.embedded += 1
+        data = base64.b64encode(path.read_bytes()).decode()
+        return (
+            f'<video controls loop muted preload="metadata" src="data:video/mp4;base64,{data}"></video>'
+            f"<br>{html.escape(Path(file).name)}"
+        )
 
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
@@ -190,7 +250,7 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
         "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
-    return f"<table><tr>{th}</tr>{body}</table>"
+    return f"<div class='scroll'><table><tr>{th}</tr>{body}</table></div>"
 
 
 def _img(path: Path) -> str:
@@ -198,42 +258,47 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
 
 
-def _side_sections(side: dict, out: Path, title: str) -> str:
+def prose(value) -> str:
+    """A note or a metric's info (str, number, list or dict) as escaped prose, never a Python repr."""
+    if isinstance(value, dict):
+        return "; ".join(f"{html.escape(str(k)).replace('_', ' ')}: {prose(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(prose(v) for v in value)
+    return _fmt(value)
+
+
+def _side_sections(side: dict, out: Path, title: str, clips: _Clips, sheets: bool = True) -> str:
     events = list(side["per_event"])
-    header = ["metric", "all"] + [f"{e} (n={side['per_event'][e]['num_videos']})" for e in events]
+    n = side.get("n", {})
+    header = ["metric", "n", "all"] + [f"{e} (n={side['per_event'][e]['num_videos']})" for e in events]
     rows = [
-        [html.escape(k), _fmt(v)] + [_fmt(side["per_event"][e].get(k)) for e in events]
+        [html.escape(k), _fmt(n.get(k)), _fmt(v)] + [_fmt(side["per_event"][e].get(k)) for e in events]
         for k, v in side["summary"].items()
     ]
     proto = _table(["protocol", "value"], [[html.escape(k), _fmt(v)] for k, v in side["protocol"].items()])
-    info = "".join(
-        f"<li><b>{html.escape(n)}</b>: {html.escape(str(i))}</li>" for n, i in side["metrics"].items()
-    )
-    skipped = "".join(f"<li>{html.escape(n)}: {html.escape(w)}</li>" for n, w in side["skipped"].items())
-    sheets = "".join(
-        f"<div><b>{html.escape(n)}</b> (rows top to bottom; green frame: trajectory read right, red: wrong)<br>"
+    info = "".join(f"<li><b>{html.escape(k)}</b>: {prose(i)}</li>" for k, i in side["metrics"].items() if i)
+    skipped = "".join(f"<li>{html.escape(k)}: {prose(w)}</li>" for k, w in side["skipped"].items())
+    sheet_html = "".join(
+        f"<div><b>{html.escape(k)}</b> (rows top to bottom; green frame: trajectory read right, red: wrong)<br>"
         f"{_img(out / s['file'])}<ol class='note'>"
         + "".join(f"<li>{html.escape(str(side['videos'][i]['prompt']))}</li>" for i in s["videos"])
         + "</ol></div>"
-        for n, s in side["contact_sheets"].items()
+        for k, s in side["contact_sheets"].items()
     )
     keys = [k for k in side["summary"] if side["videos"] and k in side["videos"][0]]
+    shown = side["videos"][:200]
     vrows = [
-        [
-            video_link(r["file"], out),
-            html.escape(str(r["prompt"])),
-            _fmt(r["seed"]),
-            _fmt(r["event"]),
-        ]
+        [clips.cell(r["file"]), html.escape(str(r["prompt"])), _fmt(r["seed"]), _fmt(r["event"])]
         + [_fmt(r.get(k)) for k in keys]
-        for r in side["videos"][:200]
+        for r in shown
     ]
     return (
-        f"<h2>{html.escape(title)}</h2>{proto}<h3>Metrics</h3>"
+        f"<h2>{html.escape(title)}</h2>{proto}<h3>Metrics (n = videos with a value)</h3>"
         + _table(header, rows)
         + (f"<ul class='note'>{info}</ul>" if info else "")
         + (f"<p class='note'>Not run:</p><ul class='note'>{skipped}</ul>" if skipped else "")
-        + f"<h3>Contact sheets</h3>{sheets}<h3>Videos</h3>"
+        + (f"<h3>Contact sheets</h3>{sheet_html}" if sheets else "")
+        + f"<h3>Videos ({len(shown)} of {len(side['videos'])} shown)</h3>"
         + _table(["file", "prompt", "seed", "event"] + keys, vrows, left=2)
     )
 
@@ -248,48 +313,143 @@ def _plots(sides: list[tuple[str, dict]]) -> str:
         for name, s in sides:
             vals = [s["summary"].get(key)] + [s["per_event"].get(e, {}).get(key) for e in events]
             series.append((name, vals))
-        charts.append(svg_bars(key, labels, series))
+        ns = "/".join(_fmt(s.get("n", {}).get(key)) for _, s in sides)
+        charts.append(svg_bars(f"{key} (n={ns})", labels, series))
     return "<h2>Plots</h2><div class='plots'>" + "".join(charts) + "</div>"
 
 
-def render_html(report: dict, out: Path) -> str:
-    """The whole report as one HTML string (images inlined as base64, plots as SVG)."""
-    out = Path(out)
+def _sheet_rows(path: Path, count: int) -> list[str]:
+    """The ``count`` equal-height rows of a contact sheet PNG (one per video), each as an embedded <img>."""
+    import io
+
+    from PIL import Image
+
+    sheet = Image.open(path)
+    h = sheet.height // max(1, count)
+    imgs = []
+    for r in range(count):
+        buf = io.BytesIO()
+        sheet.crop((0, r * h, sheet.width, (r + 1) * h)).save(buf, format="PNG")
+        data = base64.b64encode(buf.getvalue()).decode()
+        imgs.append(f'<img src="data:image/png;base64,{data}" alt="row {r + 1} of {html.escape(path.name)}">')
+    return imgs
+
+
+def _pairs(report: dict, out: Path) -> str:
+    """A/B side by side, one table row per prompt: the same prompt and seed's frames from A and from B."""
+    a, b = report["a"], report["b"]
     parts = [
+        "<h2>A/B side by side (same prompt and seed per row; frame green: trajectory read right, red: wrong)</h2>"
+    ]
+    for event, sa in a["contact_sheets"].items():
+        sb = b["contact_sheets"].get(event)
+        if sb is None:
+            continue
+        rows_a = _sheet_rows(out / sa["file"], len(sa["videos"]))
+        rows_b = _sheet_rows(out / sb["file"], len(sb["videos"]))
+        body = "".join(
+            f"<tr class='pair'><td class='l prompt'>{html.escape(str(a['videos'][i]['prompt']))}"
+            f"<br><span class='note'>seed {_fmt(a['videos'][i]['seed'])}</span></td>"
+            f"<td class='a'>{ra}</td><td class='b'>{rb}</td></tr>"
+            for i, ra, rb in zip(sa["videos"], rows_a, rows_b)
+        )
+        parts.append(
+            f"<h3>{html.escape(event)} (n={len(sa['videos'])} prompts shown)</h3><div class='scroll'>"
+            f"<table class='pairs'><tr><th class='l'>prompt</th><th>A</th><th>B</th></tr>{body}</table></div>"
+        )
+    return "".join(parts)
+
+
+def _comparison(report: dict) -> str:
+    """The B - A table: n per side and pairs, BCa CI on the family's shared axis, Holm p, and the caveats."""
+    from wan2.eval.ab import SMALL_N
+
+    comp = report["comparison"]
+    spans = family_spans(comp)
+    rows = []
+    for key, c in comp.items():
+        has_ci = "ci_low" in c
+        fam = metric_family(key)
+        rows.append(
+            [
+                html.escape(key),
+                html.escape(fam) + (f" (&plusmn;{spans[fam]:.6g})" if fam in spans else ""),
+                _fmt(c.get("num_pairs")),
+                f"{_fmt(c.get('mean_a'))} (n={_fmt(c.get('n_a'))})",
+                f"{_fmt(c.get('mean_b'))} (n={_fmt(c.get('n_b'))})",
+                _fmt(c["diff"]),
+                f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]" if has_ci else "",
+                svg_ci(c["diff"], c["ci_low"], c["ci_high"], spans[fam]) if has_ci else "",
+                _fmt(c.get("p_holm")),
+                "higher" if c["higher_is_better"] else "lower",
+                html.escape(c["verdict"]),
+            ]
+        )
+    pairs = [c["num_pairs"] for c in comp.values() if c.get("num_pairs")]
+    tested = max([c.get("num_compared", 0) for c in comp.values()] + [0])
+    level = next((c["ci"] for c in comp.values() if "ci" in c), 0.95)
+    caveats = []
+    if pairs and min(pairs) < SMALL_N:
+        caveats.append(
+            f"Small sample: as few as n = {min(pairs)} pairs (under {SMALL_N}). Bootstrap intervals (BCa) are "
+            "approximate at this size and tend to be too narrow; read the verdicts as indicative and rerun "
+            "with more videos before concluding."
+        )
+    if tested > 1:
+        holm_sig = [k for k, c in comp.items() if c.get("p_holm") is not None and c["p_holm"] < 1 - level]
+        caveats.append(
+            f"Multiple comparisons: {tested} metrics were compared, each with its own {level:.0%} interval; "
+            f"if nothing changed, the chance that at least one still looks significant is up to "
+            f"{1 - level**tested:.0%}. The Holm-adjusted p-values (column p Holm) control that; significant "
+            f"after Holm at {1 - level:.2g}: {html.escape(', '.join(holm_sig)) if holm_sig else 'none'}."
+        )
+    caveat = "".join(f"<p class='caveat'>{c}</p>" for c in caveats)
+    return (
+        "<h2>A/B: B - A, paired over identical prompts and seeds</h2>"
+        f"<p>A = {html.escape(report['a']['name'])}<br>B = {html.escape(report['b']['name'])}</p>"
+        f"<p class='note'>{level:.0%} CIs are BCa bootstrap intervals of the mean paired difference "
+        "(scipy.stats.bootstrap, method=BCa). Whiskers share one axis per metric family (the &plusmn; range "
+        "in the family column; accuracies on [-1, 1]), so their lengths compare within a family.</p>"
+        + caveat
+        + _table(
+            ["metric", "family (axis)", "n pairs", "A", "B", "B - A", f"{level:.0%} CI (BCa)", "CI vs 0"]
+            + ["p Holm", "better", "verdict"],
+            rows,
+        )
+    )
+
+
+def render_html(report: dict, out: Path, embed_limit: int = EMBED_LIMIT) -> str:
+    """The whole report as one HTML string: contact sheets and plots inline; clips embedded as data URIs up
+    to ``embed_limit`` bytes, the rest linked (the page says which it is)."""
+    out = Path(out)
+    clips = _Clips(out, embed_limit)
+    body = []
+    if report["mode"] == "compare":
+        body.append(_comparison(report))
+        body.append(_pairs(report, out))
+        body.append(_plots([("A", report["a"]), ("B", report["b"])]))
+        body.append(_side_sections(report["a"], out, "A: " + report["a"]["name"], clips, sheets=False))
+        body.append(_side_sections(report["b"], out, "B: " + report["b"]["name"], clips, sheets=False))
+    else:
+        body.append(_plots([("model", report)]))
+        title = report["protocol"].get("ckpt") or report["protocol"]["source"]
+        body.append(_side_sections(report, out, title, clips))
+    if clips.linked:
+        claim = (
+            f"Not self-contained: {clips.embedded} clip(s) are embedded and {clips.linked} are linked by paths "
+            "relative to this report's folder (over the embedding cap, or missing); keep report.html next to "
+            "its videos. Contact sheets and plots are embedded."
+        )
+    else:
+        claim = f"Self-contained: contact sheets, plots and all {clips.embedded} clip(s) shown are embedded."
+    notes = "".join(f"<li>{prose(n)}</li>" for n in report.get("notes") or [])
+    head = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>wan2 evaluation</title>"
         f"<style>{STYLE}</style></head><body><h1>wan2 evaluation ({html.escape(report['mode'])})</h1>"
+        f"<p class='note' id='claim'>{claim}</p>"
         f"<p class='note'>In-domain metrics (rank_trajectory, colour, indomain) read RankJump videos with the "
         f"repo's own reader / encoder; they are not FVD or CLIPScore. {_fmt(report['seconds'])} s.</p>"
-    ]
-    if report["mode"] == "compare":
-        rows = []
-        for key, c in report["comparison"].items():
-            ci = f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]" if "ci_low" in c else ""
-            whisker = svg_ci(c["diff"], c["ci_low"], c["ci_high"]) if "ci_low" in c else ""
-            rows.append(
-                [
-                    html.escape(key),
-                    _fmt(c.get("mean_a")),
-                    _fmt(c.get("mean_b")),
-                    _fmt(c["diff"]),
-                    ci,
-                    whisker,
-                    "higher" if c["higher_is_better"] else "lower",
-                    html.escape(c["verdict"]),
-                ]
-            )
-        parts.append(
-            f"<h2>A/B: B - A, paired over identical prompts and seeds</h2>"
-            f"<p>A = {html.escape(report['a']['name'])}<br>B = {html.escape(report['b']['name'])}</p>"
-            + _table(["metric", "A", "B", "B - A", "95% CI", "CI vs 0", "better", "verdict"], rows)
-        )
-        parts.append(_plots([("A", report["a"]), ("B", report["b"])]))
-        parts.append(_side_sections(report["a"], out, "A: " + report["a"]["name"]))
-        parts.append(_side_sections(report["b"], out, "B: " + report["b"]["name"]))
-    else:
-        parts.append(_plots([("model", report)]))
-        parts.append(
-            _side_sections(report, out, report["protocol"].get("ckpt") or report["protocol"]["source"])
-        )
-    parts.append("</body></html>\n")
-    return "".join(parts)
+        + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+    )
+    return head + "".join(body) + "</body></html>\n"

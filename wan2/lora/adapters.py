@@ -73,21 +73,46 @@ def add_lora(transformer, config: LoraConfig, adapter_name: str = "default") -> 
 
 def save_lora(transformer, out_dir: str | Path, config: LoraConfig, extra: dict | None = None) -> Path:
     """``out_dir/pytorch_lora_weights.safetensors`` (keys ``transformer.blocks.N....lora_A.weight``) that
-    stock ``WanPipeline.load_lora_weights`` reads, plus ``adapter_config.json`` (PEFT) and ``wan2_lora.json``."""
+    stock ``WanPipeline.load_lora_weights`` reads, plus ``adapter_config.json`` (PEFT), ``wan2_lora.json``
+    and a model card ``README.md``. ``extra["base"]``: the base export this adapter was trained on."""
     from diffusers import WanPipeline
 
+    from wan2.export import lora_card
+
+    extra = dict(extra or {})
+    extra["base"] = extra.get("base") or base_model_name(transformer)
     state = get_peft_model_state_dict(transformer)
     meta = config.to_dict()
     meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+    meta["base_model_name_or_path"] = extra["base"]
 
     def write(d: Path) -> None:
         WanPipeline.save_lora_weights(
             d, transformer_lora_layers=state, weight_name=WEIGHT_NAME, transformer_lora_adapter_metadata=meta
         )
         (d / "adapter_config.json").write_text(json.dumps(meta, indent=2, default=str))
-        (d / "wan2_lora.json").write_text(json.dumps(extra or {}, indent=2))
+        (d / "wan2_lora.json").write_text(json.dumps(extra, indent=2))
+        (d / "README.md").write_text(lora_card(extra, _base_meta(extra["base"])))
 
     return atomic_dir(out_dir, write)
+
+
+def base_model_name(transformer) -> str:
+    """Where the adapted transformer came from: the pipeline folder (or Hub name) it was loaded from, else
+    its class with a note that the base was never saved (a randomly initialised model)."""
+    name = getattr(transformer, "config", {}).get("_name_or_path")
+    if name:
+        return str(Path(name).parent if Path(name).name in ("transformer", "transformer_2") else name)
+    return f"{type(transformer).__name__} (randomly initialised, not saved)"
+
+
+def _base_meta(base: str) -> dict:
+    """The base export's ``wan2.json`` (size, steps, guidance) for the card's load recipe; {} if unknown."""
+    path = Path(base) / "wan2.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def lora_component(path: str | Path) -> str:
