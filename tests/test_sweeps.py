@@ -77,7 +77,7 @@ def test_resume_with_another_config_is_refused(rank_sweep):
     assert (
         "lora.rank: 2 -> 4" in lines[0]
         and "seed: 0 -> 3" in lines[0]
-        and "max_steps" not in lines[0].split("; only")[0]
+        and "max_steps" not in lines[0].split("; on resume")[0]
     )
     assert (job / "metrics.json").read_text() == before  # nothing written over
 
@@ -106,6 +106,12 @@ def test_resume_check_lets_the_budget_grow(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"objective.lr: 0.002 -> 0.001"):
         check_resume_config(compose_cfg([*grown, "objective.lr=1e-3"]), ckpt)
+    # the same global batch on 2 DDP ranks resumes; half of it does not
+    record_training_config(compose_cfg(["experiment=lora_rankup", "data.batch_size=4"]), run)
+    ddp = ["experiment=lora_rankup", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    check_resume_config(compose_cfg([*ddp, "data.batch_size=2"]), ckpt)
+    with pytest.raises(ConfigError, match=r"global batch .*: 4 -> 2"):
+        check_resume_config(compose_cfg([*ddp, "data.batch_size=1"]), ckpt)
 
 
 def test_objective_value():

@@ -16,23 +16,15 @@ from wan2.config_check import ConfigError
 log = logging.getLogger("wan2")
 
 RUN_CONFIG_FILE = "train_config.json"  # in the run folder: the training config the run started with
-# plumbing and budget: may differ between a run and its resume (trainer.max_steps / max_time may grow)
+# compared on resume: what defines the training (validation, sampling, logging and hardware may change)
+RESUME_COMPARED = ("model", "objective", "lora", "data", "seed")
+TRAINER_COMPARED = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 RESUME_IGNORED = (
-    "paths",
-    "logger",
-    "callbacks",
-    "hydra",
-    "ckpt_path",
-    "name",
-    "threads",
-    "export",
-    "reliability",
-    "optimized_metric",
-    "debug",
-    "trainer.max_steps",
-    "trainer.max_time",
-    "trainer.max_epochs",
-    "trainer.default_root_dir",
+    "objective.sample",
+    "data.val_batch_size",
+    "data.num_val",
+    "data.num_workers",
+    "data.batch_size",
 )
 
 
@@ -54,7 +46,8 @@ def use_job_dir(cfg: DictConfig) -> None:
 
 def training_config(cfg: DictConfig) -> dict[str, Any]:
     """The settings that define what a run trains, flat (``lora.rank: 4``), interpolations as written (a
-    ``${now:}`` or the latest export do not differ between a run and its resume)."""
+    ``${now:}`` or the latest export do not differ between a run and its resume). The batch is the global one
+    (``data.batch_size`` x devices x nodes): a DDP run may resume on another number of ranks."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -65,11 +58,20 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
             flat[prefix] = node
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return {
+    kept = {
         k: v
         for k, v in flat.items()
-        if not any(k == ign or k.startswith(f"{ign}.") for ign in RESUME_IGNORED)
+        if k.split(".")[0] in RESUME_COMPARED
+        and not any(k == i or k.startswith(f"{i}.") for i in RESUME_IGNORED)
     }
+    kept.update({f"trainer.{k}": flat[f"trainer.{k}"] for k in TRAINER_COMPARED if f"trainer.{k}" in flat})
+    world = [flat.get("trainer.devices", 1), flat.get("trainer.num_nodes", 1)]
+    batch = flat.get("data.batch_size")
+    if isinstance(batch, int) and all(isinstance(w, int) for w in world):
+        kept["global batch (data.batch_size x devices x nodes)"] = batch * world[0] * world[1]
+    else:  # "auto" devices: compared as written
+        kept["global batch (data.batch_size x devices x nodes)"] = f"{batch} x {world[0]} x {world[1]}"
+    return kept
 
 
 def _run_folder_of(ckpt: Path) -> Path:
@@ -98,8 +100,9 @@ def check_resume_config(cfg: DictConfig, ckpt_path: str | None) -> None:
         shown = ", ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:8])
         more = f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""
         raise ConfigError(
-            f"ckpt_path: {ckpt_path!r} was trained with another config ({shown}{more}); only trainer.max_steps / "
-            "trainer.max_time may change on resume: use a new paths.output_dir or the run's own settings"
+            f"ckpt_path: {ckpt_path!r} was trained with another config ({shown}{more}); on resume only the budget "
+            "(trainer.max_steps / max_time), validation, logging and hardware may change: use a new "
+            "paths.output_dir or the run's own settings"
         )
 
 
