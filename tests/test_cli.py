@@ -93,3 +93,17 @@ def test_readme_stock_diffusers_snippet_runs_as_written(tmp_path):
     with av.open(str(tmp_path / "rank_drop.mp4")) as f:
         frames = [fr for fr in f.decode(video=0)]
     assert len(frames) == wan2_json["num_frames"] and frames[0].width == wan2_json["width"]
+
+
+def test_debug_fast_dev_run_trains_one_batch(tmp_path):
+    args = ["experiment=lora_rankup", "debug=fast_dev_run", "data.num_train=4", "data.batch_size=2"]
+    args += [
+        "callbacks.progress=null",
+        f"paths.outputs_dir={tmp_path}/outputs",
+        f"paths.data_dir={tmp_path}/data",
+    ]
+    proc = run_train([*args, "trainer.precision=32-true"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = [p for p in (tmp_path / "outputs" / "debug" / "lora_rankup").iterdir() if not p.is_symlink()]
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 1
+    assert not (run / "export").exists()  # debug runs export nothing
