@@ -45,7 +45,25 @@ def main(cfg: DictConfig) -> None:
     sys.exit(evaluate(cfg))
 
 
+def help_text() -> str:
+    """``--help``: evaluate.py's own settings (configs/eval.yaml), not every group of configs/ (Hydra's page)."""
+    groups = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml")) for g in ("logger", "paths")}
+    return "\n".join(
+        [
+            __doc__.strip(),
+            "",
+            "== Groups ==  " + "  ".join(f"{g}: {', '.join(opts)}" for g, opts in groups.items()),
+            "",
+            "== Settings (configs/eval.yaml; override any as key=value) ==",
+            (CONFIGS / "eval.yaml").read_text().strip(),
+        ]
+    )
+
+
 if __name__ == "__main__":
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(help_text())
+        sys.exit(0)
     sys.argv[1:] = shorthand(sys.argv[1:])
     from wan2.eval.config import override_problem
 

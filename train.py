@@ -59,6 +59,37 @@ def check_group_overrides(args: list[str]) -> str | None:
     return _override_problem([a for a in args if not a.lstrip("+~").startswith("hydra")], searchpath)
 
 
+def sweep_problem(args: list[str]) -> str | None:
+    """A one-line error when several jobs of one multirun (``-m`` with a sweep) would share one fixed
+    ``paths.output_dir``: each would overwrite (or, with ``ckpt_path=last``, resume) the others' run."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return None
+    fixed = [a for a in args if a.lstrip("+~").partition("=")[0] == "paths.output_dir"]
+    per_job = (
+        "${hydra:job.num}",
+        "${hydra.job.num}",
+        "${hydra:job.override_dirname}",
+        "${hydra:runtime.output_dir}",
+    )
+    if not fixed or any(p in fixed[-1] for p in per_job):
+        return None
+
+    def sweeps(arg: str) -> bool:
+        key, _, value = arg.lstrip("+~").partition("=")
+        depth, top_comma = 0, False
+        for c in value:
+            depth += (c in "[{(") - (c in "]})")
+            top_comma |= c == "," and depth == 0
+        return key == "hparams_search" or top_comma or value.startswith(("range(", "choice(", "interval("))
+
+    if any(sweeps(a) for a in args if not a.startswith("-")):
+        return (
+            f"paths.output_dir: {fixed[-1].partition('=')[2]!r} is one folder for every job of this multirun; "
+            "drop it (each job gets its folder under hydra.sweep.dir) or add ${hydra:job.num} to it"
+        )
+    return None
+
+
 def _compose(overrides: list[str], searchpath: list[str] = ()):
     return _compose_cached(tuple(overrides), tuple(searchpath))
 
@@ -132,8 +163,24 @@ def _override_problem(overrides: list[str], searchpath: list[str] = ()) -> str |
     return f"{arg.lstrip('+~').partition('=')[0]}: {one_line}" if arg else one_line
 
 
+def bare_run_problem() -> str | None:
+    """A one-line error for a run that chose nothing to train: no experiment and no objective / model / data of
+    its own (the defaults train on a randomly initialised VAE). ``+allow_bare=true`` runs it anyway."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    if hc.runtime.choices.get("experiment") not in (None, "null"):
+        return None
+    keys = [o.lstrip("+~").partition("=")[0] for o in hc.overrides.task]
+    if any(k.split(".")[0] in ("objective", "model", "data", "allow_bare") for k in keys):
+        return None
+    names = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+    return f"no experiment given: run python train.py experiment=NAME with NAME one of {names} (see README)"
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig):
+def main(cfg: DictConfig) -> float | None:
+    """Train; returns ``cfg.optimized_metric``'s final value (the objective a Hydra sweeper such as Optuna reads)."""
     from wan2.config_check import ConfigError, check_train_config
 
     try:  # before the heavy imports: a bad value fails in about a second
@@ -141,16 +188,24 @@ def main(cfg: DictConfig):
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if (problem := bare_run_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    from wan2.run_config import objective_value
     from wan2.tasks import run_cli, train
 
-    run_cli(train, cfg)
+    return objective_value(cfg, run_cli(train, cfg))
 
 
 if __name__ == "__main__":
     from wan2.startup import StartupPreempted, report
 
     try:
-        problem = check_group_overrides(sys.argv[1:]) or check_output_dirs(sys.argv[1:])
+        problem = (
+            sweep_problem(sys.argv[1:])
+            or check_group_overrides(sys.argv[1:])
+            or check_output_dirs(sys.argv[1:])
+        )
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)

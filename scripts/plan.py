@@ -73,6 +73,9 @@ def compose(overrides: list[str]):
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
     try:
         knobs, overrides, as_json = split_args(argv)
     except ValueError as err:

@@ -40,6 +40,7 @@ from wan2.lightning.reliability import (
     check_sharded_checkpoint,
     safe_torch_load,
 )
+from wan2.run_config import check_resume_config, record_training_config, use_job_dir
 
 log = logging.getLogger("wan2")
 
@@ -159,11 +160,15 @@ def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Pa
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     validate(cfg)
+    use_job_dir(cfg)  # -m: this job's own folder under hydra.sweep.dir
     _share_run_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), out_dir, sharded_ok=is_fsdp(cfg.trainer.get("strategy")))
+    check_resume_config(cfg, ckpt_path)  # no resume across configs (max_steps / max_time may grow)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        record_training_config(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
 

@@ -9,6 +9,9 @@ rank 0 again at the next gradient all-reduce, as with any rank-0-only work).
 from __future__ import annotations
 
 import contextlib
+import datetime
+import sys
+import time
 
 import lightning as L
 import torch
@@ -82,3 +85,34 @@ class QuickEval(L.Callback):
             for m, was in flags.items():
                 m.training = was
         return {f"quick_eval/{k}": v for k, v in judge(video, [c.meta for c in clips]).items()}
+
+
+class TextProgress(L.Callback):
+    """One plain line every ``every_n_steps`` optimizer steps (rank 0) when stdout is not a terminal (CI, SLURM
+    logs), where a progress bar prints nothing useful: ``step 40/800 loss 0.1234 2.31 it/s ETA 0:05:29``."""
+
+    def __init__(self, every_n_steps: int = 50, only_without_terminal: bool = True):
+        self.every_n_steps, self.only_without_terminal = every_n_steps, only_without_terminal
+        self._start: tuple[float, int] | None = None  # (time, step) of the first batch of this fit
+        self._last_step = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        if not trainer.is_global_zero or (self.only_without_terminal and sys.stdout.isatty()):
+            return
+        start_time, start_step = self._start or (time.perf_counter(), step)
+        rate = (step - start_step) / max(time.perf_counter() - start_time, 1e-9)  # optimizer steps per second
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        parts = [f"step {step}/{trainer.max_steps}" if trainer.max_steps > 0 else f"step {step}"]
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4f}")
+        parts.append(f"{rate:.2f} it/s")
+        if trainer.max_steps > 0 and rate > 0:
+            parts.append(f"ETA {datetime.timedelta(seconds=round((trainer.max_steps - step) / rate))}")
+        print(" ".join(parts), flush=True)

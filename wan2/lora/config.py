@@ -17,7 +17,9 @@ class LoRAConfig(Settings):
     KEY = "lora"
 
     rank: int = 4  # adapter rank r
-    alpha: float | None = 4  # scale alpha / r (null: alpha = rank)
+    # scale alpha / r; null: alpha = rank (scale 1 at any rank, so a rank sweep keeps the scale; the shipped
+    # rank-4 runs had alpha 4, the same scale)
+    alpha: float | None = None
     dropout: float = 0.0  # dropout on the adapter input
     # motion (attn1) | attention (attn1 + attn2) | all (+ ffn) | a regex over module names (held-out rank-up at
     # 800 steps, ~2.5% params: attention 90.6%, motion 83.3%; docs/results.md)
