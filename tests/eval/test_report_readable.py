@@ -12,9 +12,10 @@ import pytest
 from scipy.stats import bootstrap
 
 from tests.test_evaluate import BASE, _perturbed_copy, config
-from wan2.eval.ab import bca_paired, holm
+from wan2.eval.ab import holm
 from wan2.eval.report import family_spans, render_html, svg_ci
 from wan2.eval.run import main
+from wan2.metrics.stats import bca_paired
 
 
 class Tree(HTMLParser):

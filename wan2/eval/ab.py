@@ -4,47 +4,9 @@ Holm adjustment across all the metrics compared (many CIs at 95% give some false
 
 from __future__ import annotations
 
-import numpy as np
+from wan2.metrics.stats import bca_paired, verdict
 
 SMALL_N = 30  # fewer pairs: bootstrap intervals are approximate (often too narrow); the report says so
-
-
-def bca_paired(a, b, num_samples: int = 10_000, ci: float = 0.95, seed: int = 0) -> dict:
-    """Mean of ``b - a`` over complete pairs with a BCa bootstrap CI and a two-sided bootstrap p-value for 0;
-    a ValueError below 2 pairs."""
-    from scipy.stats import bootstrap
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"a/b: expected two 1-d arrays of equal length, got {a.shape} and {b.shape}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    d = b[keep] - a[keep]  # (n,) paired differences
-    n = int(d.size)
-    if n < 2:
-        raise ValueError(f"a/b: {n} complete pair(s); a bootstrap CI needs at least 2")
-    out = {
-        "mean_a": float(a[keep].mean()),
-        "mean_b": float(b[keep].mean()),
-        "diff": float(d.mean()),
-        "ci": ci,
-        "num_pairs": n,
-        "num_samples": num_samples,
-        "method": "BCa",
-    }
-    if np.ptp(d) == 0.0:  # every pair differs by the same amount: no spread to resample
-        return out | {"ci_low": float(d[0]), "ci_high": float(d[0]), "p_value": 1.0 if d[0] == 0 else 0.0}
-    res = bootstrap(
-        (d,),
-        np.mean,
-        confidence_level=ci,
-        n_resamples=num_samples,
-        method="BCa",
-        rng=np.random.default_rng(seed),
-    )
-    dist = res.bootstrap_distribution  # (S,) resampled means
-    p = min(1.0, 2.0 * min(np.mean(dist <= 0.0), np.mean(dist >= 0.0)))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return out | {"ci_low": lo, "ci_high": hi, "p_value": float(p)}
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
@@ -60,8 +22,6 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
 def compare(a: dict, b: dict, num_samples: int = 10_000, ci: float = 0.95, seed: int = 0) -> dict:
     """Per summary key: the paired B - A difference with a BCa CI (per-video metrics), a verdict, the number
     of pairs / videos behind it and, across the keys with a CI, Holm-adjusted p-values."""
-    from wan2.metrics.stats import verdict
-
     out = {}
     for key in a["summary"]:
         if key not in b["summary"]:
