@@ -15,20 +15,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY_SAMPLING
 from wan2.backbones.stack import build_backbone
 from wan2.export import export_pipeline
 from wan2.inference import NonFiniteVideoError, Wan2T2V
 
-SAMPLING = {
-    "num_frames": 17,
-    "height": 32,
-    "width": 32,
-    "fps": 8,
-    "num_inference_steps": 4,
-    "guidance_scale": 5.0,
-    "rows": 5,
-}
+SAMPLING = TINY_SAMPLING
 FAST = ["--profile", "fast", "--steps", "1"]  # 9 frames, one step: these tests check files, not motion
 GOOD = {"event": "rank_up", "old_rank": 3, "new_rank": 2, "user_id": "u1"}
 
