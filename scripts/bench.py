@@ -244,6 +244,30 @@ def matmul_peak(n: int = 2048, reps: int = 5, device: str = "cpu") -> dict:
     return out
 
 
+def bench_adamw(params: list, reps: int = 10, device: str = "cpu") -> dict:
+    """Median ms of one AdamW step over copies of ``params`` (random gradients), torch's default
+    implementation vs ``foreach=True`` vs ``fused=True``, interleaved: what the optimizer alone costs per step."""
+    import torch
+
+    kinds = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    setups = {}
+    for name, kw in kinds.items():
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        setups[name] = torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.01, **kw)
+        setups[name].step()  # warm-up: creates the moments
+    times: dict[str, list[float]] = {name: [] for name in kinds}
+    for _ in range(reps):
+        for name, opt in setups.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            opt.step()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {f"{name}_ms": _median(ts) * 1e3 for name, ts in times.items()} | {"reps": reps}
+
+
 def _train_step(module, opt, batch: dict, autocast_bf16: bool, device: str) -> None:
     """One optimisation step as Lightning runs it: ``training_step`` (under bf16-mixed autocast when asked),
     backward, gradient clipping at 1.0 (configs/trainer/cpu.yaml), AdamW, EMA."""
@@ -376,6 +400,7 @@ def bench_train(
         "matmul_peak": peak,
         "model_gflops": {n: tf_flops / s / 1e9 for n, s in sec.items()},
         "mfu": {n: tf_flops / s / 1e9 / peak_of[n] for n, s in sec.items()},
+        "adamw_step": bench_adamw([p for g in opt.param_groups for p in g["params"]], 3 * steps, device),
         "rss_mb": rss,
         "max_rss_mb": max_rss,
         "peak_rss_mb": _max_rss_mb(),

@@ -49,6 +49,8 @@ def test_train_cli_writes_the_train_keys(tmp_path):
     assert out["transformer_gflop_per_step"] > 0
     assert out["naive_gflop_per_step_all_modules"] > out["transformer_gflop_per_step"]  # VAE + UMT5 too
     assert out["matmul_peak"]["fp32_gflops"] > 0 and out["peak_rss_mb"] > 0
+    assert {"default_ms", "foreach_ms", "fused_ms"} < set(out["adamw_step"])
+    assert all(v > 0 for v in out["adamw_step"].values())
 
 
 def test_bad_forced_precision_is_one_line_before_any_work(tmp_path):
