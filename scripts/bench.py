@@ -2,6 +2,7 @@
 
   python scripts/bench.py --only data            # data loading and cached vs uncached training steps
   python scripts/bench.py --only data --quick --out bench.json
+  python scripts/bench.py --only train --tiny     # smallest sizes: a smoke run (tests/test_bench.py)
 
 Sections are registered in ``SECTIONS`` (name -> function(args) -> dict); add yours with ``@section``.
 """
@@ -153,10 +154,10 @@ def bench_cache_step(
 @section("data")
 def bench_data(args: argparse.Namespace) -> dict:
     """Loader throughput and the training-step time saved by the latent cache."""
-    n, steps = (16, 2) if args.quick else (64, 3)
+    n, batch, steps = (8, 2, 1) if args.tiny else (16, 4, 2) if args.quick else (64, 8, 3)
     return {
-        "loader": bench_loader(num_clips=n, batch_size=8, num_workers=args.num_workers),
-        "cache_step": bench_cache_step(batch_size=4 if args.quick else 8, steps=steps, device=args.device),
+        "loader": bench_loader(num_clips=n, batch_size=min(8, n), num_workers=args.num_workers),
+        "cache_step": bench_cache_step(batch_size=batch, steps=steps, device=args.device),
     }
 
 
@@ -196,6 +197,18 @@ def _move_backbone(backbone, device: str):
     return backbone
 
 
+def trainer_precision(device: str = "cpu") -> str:
+    """The precision the trainer config resolves to here (``configs/trainer/cpu.yaml`` or ``gpu.yaml``):
+    ``${wan2.auto_precision}``, or what ``$WAN2_PRECISION`` forces."""
+    from omegaconf import OmegaConf
+
+    from wan2.config_resolvers import register
+
+    register()  # the YAML holds ${wan2.auto_precision:...}
+    trainer = "gpu" if device.startswith("cuda") else "cpu"
+    return str(OmegaConf.load(ROOT / "configs" / "trainer" / f"{trainer}.yaml").precision)
+
+
 def bf16_autocast_supported(device: str = "cpu") -> bool:
     """Whether bf16 autocast runs natively here (CUDA bf16, or oneDNN bf16 kernels on the CPU)."""
     import torch
@@ -231,6 +244,30 @@ def matmul_peak(n: int = 2048, reps: int = 5, device: str = "cpu") -> dict:
     return out
 
 
+def bench_adamw(params: list, reps: int = 10, device: str = "cpu") -> dict:
+    """Median ms of one AdamW step over copies of ``params`` (random gradients), torch's default
+    implementation vs ``foreach=True`` vs ``fused=True``, interleaved: what the optimizer alone costs per step."""
+    import torch
+
+    kinds = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    setups = {}
+    for name, kw in kinds.items():
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        setups[name] = torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.01, **kw)
+        setups[name].step()  # warm-up: creates the moments
+    times: dict[str, list[float]] = {name: [] for name in kinds}
+    for _ in range(reps):
+        for name, opt in setups.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            opt.step()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {f"{name}_ms": _median(ts) * 1e3 for name, ts in times.items()} | {"reps": reps}
+
+
 def _train_step(module, opt, batch: dict, autocast_bf16: bool, device: str) -> None:
     """One optimisation step as Lightning runs it: ``training_step`` (under bf16-mixed autocast when asked),
     backward, gradient clipping at 1.0 (configs/trainer/cpu.yaml), AdamW, EMA."""
@@ -262,7 +299,6 @@ def bench_train(
     """Train samples/s of wan2's flow step (cached latents + text embeddings, fp32 and bf16 autocast) vs a
     naive fp32 loop encoding video (VAE) and text (UMT5) every step; MFU against a measured matmul peak."""
     import torch
-    from omegaconf import OmegaConf
     from torch.utils.flop_counter import FlopCounterMode
 
     from wan2.backbones.stack import load_backbone
@@ -271,6 +307,7 @@ def bench_train(
     from wan2.lightning.flow_module import FlowMatchingModule
 
     torch.manual_seed(0)
+    precision = trainer_precision(device)  # first: a bad $WAN2_PRECISION fails before the work
     rss0 = _rss_mb()
     peak = matmul_peak(matmul_n, device=device)
     backbone = _move_backbone(load_backbone(pretrained), device)
@@ -339,7 +376,7 @@ def bench_train(
     }
     wan2 = [n for n in ("wan2_bf16", "wan2_fp32") if n in sec]
     best = min(wan2, key=sec.get)
-    trainer_cfg = OmegaConf.load(ROOT / "configs/trainer/cpu.yaml")
+    picked = "wan2_bf16" if precision.startswith("bf16") and "wan2_bf16" in sec else "wan2_fp32"
     return {
         "model": str(pretrained),
         "device": device,
@@ -355,12 +392,15 @@ def bench_train(
         "bf16_autocast_supported": bf16_ok,
         "bf16_faster_than_fp32": bool(bf16_ok and sec["wan2_bf16"] < sec["wan2_fp32"]),
         "bf16_over_fp32_speed": sec["wan2_fp32"] / sec["wan2_bf16"] if bf16_ok else None,
-        "trainer_precision_configured": str(trainer_cfg.precision),
+        "trainer_precision_configured": precision,
+        "wan2_trainer_variant": picked,  # the variant at the precision the trainer picks here
+        "speedup_at_trainer_precision": sec["naive_fp32"] / sec[picked],
         "transformer_gflop_per_step": tf_flops / 1e9,
         "naive_gflop_per_step_all_modules": naive_flops / 1e9,
         "matmul_peak": peak,
         "model_gflops": {n: tf_flops / s / 1e9 for n, s in sec.items()},
         "mfu": {n: tf_flops / s / 1e9 / peak_of[n] for n, s in sec.items()},
+        "adamw_step": bench_adamw([p for g in opt.param_groups for p in g["params"]], 3 * steps, device),
         "rss_mb": rss,
         "max_rss_mb": max_rss,
         "peak_rss_mb": _max_rss_mb(),
@@ -370,6 +410,8 @@ def bench_train(
 @section("train")
 def bench_train_section(args: argparse.Namespace) -> dict:
     """wan2's training step vs a naive encode-every-step loop: samples/s, MFU, RSS."""
+    if args.tiny:
+        return bench_train(batch_size=1, steps=1, warmup=1, matmul_n=64, device=args.device)
     if args.quick:
         return bench_train(batch_size=2, steps=2, warmup=1, matmul_n=512, device=args.device)
     return bench_train(device=args.device)
@@ -504,12 +546,13 @@ def bench_distill(args: argparse.Namespace) -> dict:
     quick = args.quick
     demo = _move_backbone(load_backbone(ROOT / "pretrained/wan_tiny_base"), args.device)
     meta = demo.extra
+    tiny = {"num_frames": 5, "height": 16, "width": 16} if args.tiny else {}  # --tiny: the smallest clips
     out = {
         "demo": bench_sampling(
             demo,
-            num_frames=meta.get("num_frames", 17),
-            height=meta.get("height", 32),
-            width=meta.get("width", 32),
+            num_frames=tiny.get("num_frames", meta.get("num_frames", 17)),
+            height=tiny.get("height", meta.get("height", 32)),
+            width=tiny.get("width", meta.get("width", 32)),
             teacher_runs=1 if quick else 2,
             student_runs=1 if quick else 3,
             device=args.device,
@@ -521,9 +564,9 @@ def bench_distill(args: argparse.Namespace) -> dict:
     hw = 32 if quick else 64
     out["large"] = bench_sampling(
         large,
-        num_frames=17,
-        height=hw,
-        width=hw,
+        num_frames=tiny.get("num_frames", 17),
+        height=tiny.get("height", hw),
+        width=tiny.get("width", hw),
         teacher_runs=1,
         student_runs=1 if quick else 3,
         device=args.device,
@@ -539,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
+    p.add_argument(
+        "--tiny", action="store_true", help="the smallest sizes, 1 step (a smoke run; implies --quick)"
+    )
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -548,6 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in names if s not in SECTIONS]
     if unknown or not names:
         p.error(f"--only: unknown sections {unknown}; choose from {list(SECTIONS)}")
+    args.quick = args.quick or args.tiny
+    from wan2.config_resolvers import forced_precision, register
+
+    register()  # every config a section loads may hold ${wan2.auto_precision:...} / ${wan2.latest_export:...}
+    try:
+        forced_precision()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     import torch
 
@@ -563,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "device": args.device,
         "quick": args.quick,
+        "tiny": args.tiny,
     }
     text = json.dumps(result, indent=2)
     if args.out:

@@ -1,10 +1,13 @@
 """scripts/bench.py train and distill sections: keys and forward counts at tiny sizes (never timings)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import load_script
+from tests.conftest import ROOT, load_script
 
 bench = load_script("scripts/bench.py", "bench_script")
 
@@ -13,18 +16,57 @@ def test_sections_registered():
     assert {"data", "train", "distill"} <= set(bench.SECTIONS)
 
 
-def test_train_section_keys():
-    out = bench.bench_train(batch_size=1, steps=1, warmup=1, matmul_n=64)
+def bench_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python scripts/bench.py ARGS`` as a user runs it: a fresh process (nothing imported before)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_train_cli_writes_the_train_keys(tmp_path):
+    """``bench.py --only train --tiny`` in a fresh process (it crashed on the ${wan2.auto_precision} resolver
+    when nothing had registered it): exit 0, the JSON on stdout and in --out, every key of the train section."""
+    out_file = tmp_path / "bench.json"
+    r = bench_cli("--only", "train", "--tiny", "--threads", "1", "--out", str(out_file), WAN2_PRECISION="")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out_file.read_text())
+    assert json.loads(r.stdout) == result and set(result) == {"train", "env"}
+    assert result["env"]["tiny"] and result["env"]["threads"] == 1
+    out = result["train"]
     variants = set(out["s_per_step"])
     assert {"wan2_fp32", "naive_fp32"} <= variants
     assert ("wan2_bf16" in variants) == out["bf16_autocast_supported"]
     for key in ("samples_per_s", "model_gflops", "mfu"):
         assert set(out[key]) == variants and all(v > 0 for v in out[key].values())
     assert out["speedup"] > 0 and out["wan2_best"] in variants
+    assert out["trainer_precision_configured"] == "32-true"  # the CPU default
+    assert out["wan2_trainer_variant"] == "wan2_fp32" and out["speedup_at_trainer_precision"] > 0
     assert out["transformer_gflop_per_step"] > 0
     assert out["naive_gflop_per_step_all_modules"] > out["transformer_gflop_per_step"]  # VAE + UMT5 too
     assert out["matmul_peak"]["fp32_gflops"] > 0 and out["peak_rss_mb"] > 0
-    assert out["trainer_precision_configured"]
+    assert {"default_ms", "foreach_ms", "fused_ms"} < set(out["adamw_step"])
+    assert all(v > 0 for v in out["adamw_step"].values())
+
+
+def test_bad_forced_precision_is_one_line_before_any_work(tmp_path):
+    out_file = tmp_path / "bench.json"
+    r = bench_cli("--only", "train", "--tiny", "--out", str(out_file), WAN2_PRECISION="fp17")
+    assert r.returncode == 2 and not out_file.exists() and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        "error: WAN2_PRECISION='fp17' is not one of ['32-true', 'bf16-mixed']"
+    ]
+
+
+def test_trainer_precision_follows_the_env(monkeypatch):
+    monkeypatch.setenv("WAN2_PRECISION", "bf16-mixed")
+    assert bench.trainer_precision("cpu") == "bf16-mixed"
+    monkeypatch.delenv("WAN2_PRECISION")
+    assert bench.trainer_precision("cpu") == "32-true"
 
 
 def test_distill_counts_100_vs_4_forwards():

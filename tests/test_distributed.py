@@ -182,8 +182,16 @@ def test_ranks_share_rank_zeros_run_folder(monkeypatch):
 
 # ----------------------------------------------------------------------------- DDP end to end
 def overrides(
-    out: Path, data: Path, batch: int, steps: int, *extra: str, deterministic: bool = True
+    out: Path,
+    data: Path,
+    batch: int,
+    steps: int,
+    *extra: str,
+    deterministic: bool = True,
+    precision: str | None = "32-true",
 ) -> list[str]:
+    """The runs compared here at fp32 tolerances all pin ``precision`` (not ``${wan2.auto_precision}``, which
+    ``$WAN2_PRECISION`` may force to bf16-mixed); None keeps the trainer config's own."""
     return [
         "experiment=pretrain_tiny",
         f"paths.output_dir={out}",
@@ -204,6 +212,7 @@ def overrides(
         "export.enabled=false",
         "threads=1",
         f"trainer.deterministic={str(deterministic).lower()}",  # False on CUDA: some kernels have no such mode
+        *([f"trainer.precision={precision}"] if precision else []),
         *extra,
     ]
 
@@ -435,11 +444,13 @@ def test_fsdp_trains_and_resumes_from_a_sharded_checkpoint_on_one_gpu(tmp_path):
     data = tmp_path / "data"
     fsdp = ("trainer=fsdp", "trainer.devices=1")
 
-    run(overrides(tmp_path / "fsdp", data, 4, 2, *fsdp, deterministic=False))
+    run(overrides(tmp_path / "fsdp", data, 4, 2, *fsdp, deterministic=False, precision=None))
     last = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
     assert last.is_dir() and (last / "meta.pt").is_file() and any(last.glob("*.distcp"))
     meta = safe_torch_load(last / "meta.pt")
     assert meta["global_step"] == 2 and "ema" in meta
-    run(overrides(tmp_path / "fsdp", data, 4, 3, *fsdp, "ckpt_path=last", deterministic=False))
+    run(
+        overrides(tmp_path / "fsdp", data, 4, 3, *fsdp, "ckpt_path=last", deterministic=False, precision=None)
+    )
     assert safe_torch_load(last / "meta.pt")["global_step"] == 3
     assert max(losses(tmp_path / "fsdp")) == 2  # the resumed run logged step 2 (the CSV restarts per run)

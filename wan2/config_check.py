@@ -375,6 +375,13 @@ def _check_trainer(cfg: DictConfig) -> None:
     # not ${wan2.auto_precision:...}: resolving it for a GPU imports torch
     if not OmegaConf.is_interpolation(cfg.trainer, "precision"):
         _choice(cfg, f"{t}.precision", PRECISIONS + PRECISION_ALIASES, none_ok=True, shown=PRECISIONS)
+    else:  # only $WAN2_PRECISION, which forces it, can be wrong
+        from wan2.config_resolvers import forced_precision
+
+        try:
+            forced_precision()
+        except ValueError as e:
+            _err(f"{t}.precision: {e}")
     _int(cfg, f"{t}.max_steps", 1, also=(-1,))
     _int(cfg, f"{t}.max_epochs", 1, none_ok=True, also=(-1,))
     _check(

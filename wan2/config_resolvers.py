@@ -1,10 +1,19 @@
-"""OmegaConf resolvers the configs use (registered on import of wan2.tasks / train.py)."""
+"""OmegaConf resolvers the configs use, and the one function that registers them: ``register()``.
+
+Every entry point that composes or loads a config calls ``register()`` first (importing this module calls it
+too): the resolvers ``${wan2.latest_export:...}`` and ``${wan2.auto_precision:...}``, and the settings
+dataclasses in Hydra's ConfigStore that the YAMLs extend.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+PRECISION_ENV = "WAN2_PRECISION"  # forces ${wan2.auto_precision:...} (e.g. to run the suite both ways)
+PRECISION_CHOICES = ("32-true", "bf16-mixed")
 
 
 def latest_export(name: str, outputs_dir: str = "outputs", fallback: str = "") -> str:
@@ -18,43 +27,47 @@ def latest_export(name: str, outputs_dir: str = "outputs", fallback: str = "") -
     return str(newest)
 
 
-def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
-    """Intel AMX (``amx_bf16``) makes bf16 matmuls several times faster than fp32 on a CPU; AVX512-BF16 alone
-    does not (measured: fp32/bf16 step time 0.99 on an EPYC with avx512_bf16, docs/bench/README.md)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    return "amx_bf16" in cpuinfo
+def forced_precision() -> str | None:
+    """``$WAN2_PRECISION`` if set (one of ``PRECISION_CHOICES``), else None; anything else is a one-line error."""
+    forced = os.environ.get(PRECISION_ENV, "").strip()
+    if not forced:
+        return None
+    if forced not in PRECISION_CHOICES:
+        raise ValueError(f"{PRECISION_ENV}={forced!r} is not one of {list(PRECISION_CHOICES)}")
+    return forced
 
 
 def auto_precision(accelerator: str = "cpu") -> str:
-    """``bf16-mixed`` where it pays (a CUDA GPU with bf16, or a CPU with AMX), else ``32-true``."""
+    """``$WAN2_PRECISION`` if set; else ``bf16-mixed`` on a CUDA GPU with bf16 and ``32-true`` on every CPU.
+
+    fp32 on CPUs: bf16 autocast was never faster there for wan2's steps (1.3x slower on an AMX CPU, 0.99x on
+    an AVX512-BF16 EPYC; docs/bench/README.md), and a fixed answer keeps a run's numerics the same whatever the
+    load of the machine (a timing probe would not). ``trainer.precision=bf16-mixed`` still opts in."""
+    forced = forced_precision()
+    if forced:
+        return forced
     if accelerator in ("gpu", "cuda", "auto"):
         import torch
 
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16-mixed"
-        if accelerator != "auto":
-            return "32-true"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+    return "32-true"
 
 
 def register() -> None:
+    """Register the resolvers and the settings dataclasses (idempotent): call before composing or loading a
+    config (``OmegaConf.load`` of a YAML that holds ``${wan2....}`` resolves only after this)."""
     if not OmegaConf.has_resolver("wan2.latest_export"):
         OmegaConf.register_new_resolver("wan2.latest_export", latest_export)
     if not OmegaConf.has_resolver("wan2.auto_precision"):
         OmegaConf.register_new_resolver("wan2.auto_precision", auto_precision)
+    # Hydra's ConfigStore must hold every settings dataclass before a config composes: the objectives (and the
+    # LoRA adapter settings they import) register themselves on import.
+    import wan2.backbones.model_config  # noqa: F401
+    import wan2.data.config  # noqa: F401
+    from wan2.objectives import discover
+
+    discover()
 
 
 register()
-
-
-# Hydra's ConfigStore must hold every settings dataclass before a config composes: the objectives (and the
-# LoRA adapter settings they import) register themselves on import.
-import wan2.backbones.model_config  # noqa: E402, F401
-import wan2.data.config  # noqa: E402, F401
-from wan2.objectives import discover  # noqa: E402
-
-discover()

@@ -83,6 +83,9 @@ def test_float_tensor_input_matches_uint8(real):
     as_float = torch.from_numpy(videos[:4]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (4, 3, F, H, W)
     assert np.array_equal(uint8_videos(as_float), videos[:4])
     assert judge(as_float, metas[:4]) == judge(videos[:4], metas[:4])
+    # bf16 (validation samples under bf16-mixed autocast): numpy has no bf16, judged as float32
+    assert uint8_videos(as_float.bfloat16()).shape == videos[:4].shape
+    assert set(judge(as_float.bfloat16(), metas[:4])) == set(judge(videos[:4], metas[:4]))
 
 
 def test_flicker_higher_for_real_than_noisy(real):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import pickle
 import tempfile
@@ -365,8 +366,9 @@ class NonFiniteGuard(L.Callback):
         pl_module.skip_ema_update = False
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self._loss_bad = not bool(torch.isfinite(loss.detach()).all())
+        # one host sync for the loss: its mean is non-finite when any element is (or when it overflows)
         self._last_loss = float(loss.detach().float().mean())
+        self._loss_bad = not math.isfinite(self._last_loss)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

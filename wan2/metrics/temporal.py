@@ -6,14 +6,18 @@ import numpy as np
 import torch
 
 
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as an array; bf16 / fp16 (sampled under autocast) as float32, which numpy can hold."""
+    t = t.detach().cpu()
+    return (t.float() if t.is_floating_point() else t).numpy()
+
+
 def uint8_videos(videos) -> np.ndarray:
     """uint8 (N, F, H, W, 3), or float (N, 3, F, H, W) in [-1, 1] (tensor or array) -> uint8 (N, F, H, W, 3)."""
     if isinstance(videos, (list, tuple)):
-        videos = np.stack(
-            [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in videos]
-        )
+        videos = np.stack([_numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v) for v in videos])
     if isinstance(videos, torch.Tensor):
-        videos = videos.detach().cpu().numpy()
+        videos = _numpy(videos)
     x = np.asarray(videos)
     if x.ndim != 5:
         raise ValueError(f"videos: expected 5 dims, got shape {x.shape}")
