@@ -128,5 +128,9 @@ def test_lora_defaults_reach_peft():
 
     peft = lora_config()
     spec = LoRAConfig()
-    assert (peft.r, peft.lora_alpha) == (spec.rank, spec.alpha)
+    assert spec.alpha is None and (peft.r, peft.lora_alpha) == (
+        spec.rank,
+        spec.rank,
+    )  # null alpha: alpha = rank
+    assert lora_config(rank=8).lora_alpha == 8 and lora_config(rank=8, alpha=2).lora_alpha == 2
     assert peft.target_modules == TARGET_PRESETS[spec.targets]
