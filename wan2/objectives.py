@@ -15,7 +15,7 @@ import importlib
 import pkgutil
 from typing import ClassVar
 
-from wan2.settings import Settings, check_num, store
+from wan2.settings import Settings, check_num, registrar
 
 PLUGIN_PACKAGE = "wan2_objectives"
 OBJECTIVES: dict[str, type[ObjectiveSettings]] = {}
@@ -40,16 +40,8 @@ class ObjectiveSettings(Settings):
         check_num(f"{at}.lr", self.lr, 0, lo_open=True)
 
 
-def register(name: str):
-    """Class decorator: ``OBJECTIVES[name] = cls`` and ``objective/base_<name>`` in Hydra's ConfigStore."""
-
-    def deco(cls: type[ObjectiveSettings]) -> type[ObjectiveSettings]:
-        cls.NAME = name
-        OBJECTIVES[name] = cls
-        store(cls, group="objective", name=f"base_{name}")
-        return cls
-
-    return deco
+# ``@register(name)``: ``OBJECTIVES[name] = cls`` and ``objective/base_<name>`` in Hydra's ConfigStore
+register = registrar(OBJECTIVES, "objective")
 
 
 _discovered = False

@@ -207,3 +207,19 @@ def store(cls: type[Settings], group: str, name: str) -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(group=group, name=name, node=defaults_node(cls))
+
+
+def registrar(registry: dict, group: str):
+    """``register = registrar(REGISTRY, "group")`` gives the class decorator ``@register(name)``: it sets
+    ``cls.NAME``, records ``REGISTRY[name] = cls`` and stores ``<group>/base_<name>`` in Hydra's ConfigStore."""
+
+    def register(name: str):
+        def deco(cls: type[Settings]) -> type[Settings]:
+            cls.NAME = name
+            registry[name] = cls
+            store(cls, group=group, name=f"base_{name}")
+            return cls
+
+        return deco
+
+    return register

@@ -22,8 +22,8 @@ from wan2.settings import (
     did_you_mean,
     err,
     is_int,
+    registrar,
     show,
-    store,
 )
 
 DATA_CONFIGS: dict[str, type[DataSettings]] = {}  # config name -> settings class
@@ -113,16 +113,8 @@ class DataSettings(Settings):
         check_int(f"{at}.num_workers", self.num_workers, 0)
 
 
-def register(name: str):
-    """Class decorator: ``DATA_CONFIGS[name] = cls`` and ``data/base_<name>`` in Hydra's ConfigStore."""
-
-    def deco(cls: type[DataSettings]) -> type[DataSettings]:
-        cls.NAME = name
-        DATA_CONFIGS[name] = cls
-        store(cls, group="data", name=f"base_{name}")
-        return cls
-
-    return deco
+# ``@register(name)``: ``DATA_CONFIGS[name] = cls`` and ``data/base_<name>`` in Hydra's ConfigStore
+register = registrar(DATA_CONFIGS, "data")
 
 
 def for_node(node) -> type[DataSettings] | None:
