@@ -15,13 +15,14 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import ROOT
+from tests.test_faults import tiny_run_args
 from wan2.lightning.reliability import (
     AtomicCheckpointIO,
     CorruptCheckpointError,
@@ -29,31 +30,14 @@ from wan2.lightning.reliability import (
     safe_torch_load,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 INJECT = "+callbacks.faults._target_=wan2.testing.FaultInjector"
 
 
 def tiny(out: Path, data: Path, steps: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "experiment=pretrain_tiny",
-        f"paths.output_dir={out}",
-        f"paths.data_dir={data}",
-        "data.num_train=16",
-        "data.batch_size=4",
-        f"trainer.max_steps={steps}",
-        "trainer.max_time=null",
-        "trainer.limit_val_batches=0",
-        "objective.warmup_steps=4",
-        "callbacks.checkpoint.every_n_train_steps=1",
-        "callbacks.progress=null",
-        "logger=csv",
-        "export.enabled=false",
-        "threads=1",
-        "trainer.deterministic=true",
-        *extra,
-    ]
+    """test_faults' tiny run (later overrides win): 16 clips, ``steps`` steps, no validation."""
+    return tiny_run_args(
+        out, data, "data.num_train=16", f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", *extra
+    )
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
