@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 TOY_MODULE = '''
 """A toy objective: one learnable gain fitted to the clips' mean brightness (settings + module in one file)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ROOT
 from wan2.lightning.reliability import (
     DCP_GLOBALS,
     CorruptCheckpointError,
@@ -28,7 +29,6 @@ from wan2.lightning.reliability import (
     safe_torch_load,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 FSDP_CPU = (
     "trainer=fsdp",
     "trainer.accelerator=cpu",

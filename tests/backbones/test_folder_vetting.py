@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from wan2.backbones.files import BackboneError, Wan2Json, read_wan2_json, vet_pipeline
 from wan2.backbones.stack import build_backbone, load_backbone, load_vae
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "pretrained" / "wan_tiny_base"
 MARKER = "PAYLOAD_RAN"
 

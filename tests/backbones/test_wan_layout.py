@@ -10,9 +10,8 @@ from types import SimpleNamespace
 
 import torch
 
+from tests.conftest import ROOT
 from wan2.backbones import wan_layout as W
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_layout_modules_import_no_torch():

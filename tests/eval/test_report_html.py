@@ -11,12 +11,12 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 import wan2.config_resolvers  # noqa: F401
+from tests.conftest import ROOT
 from wan2.data.rankjump import RankJump, RankJumpConfig
 from wan2.data.video import write_mp4
 from wan2.eval.report import render_html
 from wan2.eval.run import main
 
-ROOT = Path(__file__).resolve().parents[2]
 EVIL_PROMPT = '<script>alert("prompt")</script>'
 
 
