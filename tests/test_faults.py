@@ -70,15 +70,24 @@ def interrupt_at(args: list[str], last: Path, step: int, sig: int, timeout: floa
     code, stderr). "Written by this run": a resumed run can start from a checkpoint already past ``step``, and a
     signal sent before it has installed its handlers would kill it instead of testing them."""
     before = ckpt_step(last)
-    proc = subprocess.Popen(
-        args, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    proc = subprocess.Popen(  # own session: a SIGKILL takes the run's helper processes too (W&B's service)
+        args,
+        env=train_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
     )
     deadline = time.time() + timeout
     try:
         while proc.poll() is None and time.time() < deadline:
             reached = ckpt_step(last)
             if reached >= step and reached > before:
-                proc.send_signal(sig)
+                if sig == signal.SIGKILL:  # a lost node: every process of the job dies at once
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
                 break
             time.sleep(0.05)
         _, err = proc.communicate(timeout=max(1.0, deadline - time.time()))
