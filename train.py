@@ -1,9 +1,10 @@
 """Train any wan2 experiment: ``python train.py experiment=NAME [overrides]`` (see configs/experiment/)."""
 
 if __name__ == "__main__":  # first of all: SIGTERM / SIGUSR1 during start-up exit 75 (wan2/startup.py)
-    from wan2.startup import install_preemption_handlers
+    from wan2.startup import install_preemption_handlers, own_wandb_service
 
     install_preemption_handlers()
+    own_wandb_service()
 
 import difflib
 import functools  # noqa: E402

@@ -65,19 +65,23 @@ def ckpt_step(path: Path) -> int:
         return -1
 
 
-def interrupt_at(args: list[str], last: Path, step: int, sig: int, timeout: float = 240) -> tuple[int, str]:
+def interrupt_at(
+    args: list[str], last: Path, step: int, sig: int, timeout: float = 240, env: dict | None = None
+) -> tuple[int, str]:
     """Start a run, wait until ``last`` holds a step >= ``step`` written by this run, send ``sig``; return (exit
     code, stderr). "Written by this run": a resumed run can start from a checkpoint already past ``step``, and a
     signal sent before it has installed its handlers would kill it instead of testing them."""
     before = ckpt_step(last)
-    proc = subprocess.Popen(  # own session: a SIGKILL takes the run's helper processes too (W&B's service)
-        args,
-        env=train_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
+    proc = (
+        subprocess.Popen(  # own session: a SIGKILL takes the run's child processes too (data workers, ranks)
+            args,
+            env=train_env() if env is None else env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
     )
     deadline = time.time() + timeout
     try:

@@ -10,6 +10,8 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+from wandb.sdk.lib.service import service_token
+
 from tests.conftest import ROOT
 from tests.conftest import train_env as env
 from tests.test_faults import ckpt_step, interrupt_at, tiny_run_args
@@ -17,6 +19,9 @@ from wan2.lightning.loggers import RUN_ID_FILE, CSVLogger, read_rows
 
 STEPS = 16
 LOGGING = ["logger=wandb", "trainer.log_every_n_steps=1"]
+# A W&B service token as a parent process that used W&B passes to its children (here pointing to no service): a
+# run inheriting a real one could be refused 'run ID ... is in use' after a killed attempt; train.py drops it.
+STALE_SERVICE = {"WANDB_SERVICE": f"{service_token._CURRENT_VERSION}-1-unix-/nonexistent/wandb-service.sock"}
 
 
 def metrics_rows(out: Path) -> list[dict]:
@@ -53,14 +58,14 @@ def test_killed_and_preempted_run_keeps_csv_history_and_wandb_run(tmp_path):
     out = tmp_path / "run"
     last = out / "checkpoints" / "last.ckpt"
     args = tiny_run_args(out, data, *LOGGING, "ckpt_path=last")
-    code, err = interrupt_at(args, last, 5, signal.SIGKILL)
+    code, err = interrupt_at(args, last, 5, signal.SIGKILL, env=env(**STALE_SERVICE))
     assert code == -signal.SIGKILL, err[-2000:]
     killed_at = ckpt_step(last)
     first_id = (out / RUN_ID_FILE).read_text().strip()
-    code, err = interrupt_at(args, last, 10, signal.SIGTERM)
+    code, err = interrupt_at(args, last, 10, signal.SIGTERM, env=env(**STALE_SERVICE))
     assert code == 75, err[-2000:]
     assert (out / RUN_ID_FILE).read_text().strip() == first_id
-    r = subprocess.run(args, env=env(), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run(args, env=env(**STALE_SERVICE), capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert ckpt_step(last) == STEPS
 

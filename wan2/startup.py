@@ -7,6 +7,7 @@
   ``Preemption`` callback takes over (``hand_over``): a signal then only calls its ``request_stop`` (finish the
   batch, save ``last.ckpt``, exit 75). A signal that arrived while raising was not possible is remembered and
   handed over, so none is lost between the two.
+- Its own W&B service (``own_wandb_service``): a service token inherited from a parent process is dropped.
 - Output folders that cannot be written (``output_dir_problem``): one line naming the key, before Hydra
   creates its run folder (which would otherwise end in Hydra's traceback).
 """
@@ -90,6 +91,14 @@ def report(err: StartupPreempted) -> None:
 def _report_at_exit() -> None:
     if _state.message is not None and _state.pid == os.getpid():
         report(StartupPreempted(_state.message))
+
+
+def own_wandb_service() -> None:
+    """Make this process start its own W&B service when it logs to W&B. W&B hands its service to child processes
+    through ``WANDB_SERVICE``; a service inherited from a parent (a test runner or a sweep driver that used W&B
+    itself) outlives the attempts it served and still holds the id of an attempt that was killed, so the resumed
+    run would be refused with 'run ID ... is in use'."""
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 def install_preemption_handlers(signals: Iterable[str] = SIGNALS) -> None:
