@@ -401,6 +401,7 @@ def test_fsdp_follows_the_single_process_run_and_resumes_resharded(runs):
     assert sorted(i for r in rows if r["epoch"] == 0 for i in r["index"]) == list(range(N))
 
 
+@pytest.mark.slow  # ~40 s on 2 cores; the phases on one process: tests/test_experiments.py
 def test_distillation_runs_every_phase_under_fsdp(tmp_path):
     """experiment=distill_4step on 2 CPU ranks: cfg, three halving rounds (the teacher reloaded from the sharded
     student each round) and distribution matching (a sharded fake denoiser), then the gathered 4-step export."""

@@ -231,22 +231,17 @@ def _bad_inputs(tmp: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "missing_export",
-        "empty_prompt_file",
-        "bad_event_line",
-        "fvd_one_video",
-        "fvd_nine_frames",
-        "fvd_weights_absent",
-        "clip_not_configured",
-        "unknown_metric",
-        "compare_one_model",
-        "no_videos_in_dir",
-    ],
-)
+def _assert_one_line(code, err: str, key: str, out: Path) -> None:
+    assert "MODEL LOADED" not in err, "the check must come before any model is loaded"
+    assert code == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}:"), err
+    assert "Traceback" not in err and not (out / "report.json").exists()
+
+
+@pytest.mark.parametrize("case", ["missing_export", "fvd_nine_frames"])
 def test_bad_input_is_one_line_and_exit_2_before_any_model(tmp_path, case):
+    """The command line, in a subprocess: the check comes before any model (and before torch, docs)."""
     args, key = _bad_inputs(tmp_path)[case]
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -257,11 +252,39 @@ def test_bad_input_is_one_line_and_exit_2_before_any_model(tmp_path, case):
         text=True,
         timeout=300,
     )
-    assert "MODEL LOADED" not in proc.stderr, "the check must come before any model is loaded"
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("note: ")]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {key}:"), proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "report.json").exists()
+    _assert_one_line(proc.returncode, proc.stderr, key, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty_prompt_file",
+        "bad_event_line",
+        "fvd_one_video",
+        "fvd_weights_absent",
+        "clip_not_configured",
+        "unknown_metric",
+        "compare_one_model",
+        "no_videos_in_dir",
+    ],
+)
+def test_bad_input_in_process_is_one_line_and_exit_2_before_any_model(tmp_path, case, monkeypatch, capsys):
+    """The other bad inputs through evaluate.py's main in this process (what the CLI runs after Hydra composed)."""
+    import wan2.backbones.stack as stack
+    import wan2.inference as inference
+
+    def refuse(*args, **kwargs):
+        print("MODEL LOADED", file=sys.stderr)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(stack, "load_backbone", refuse)
+    monkeypatch.setattr(inference, "load_backbone", refuse)
+    monkeypatch.setattr(inference.Wan2T2V, "from_pretrained", classmethod(refuse))
+    args, key = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_cli.main.__wrapped__(config(out, f"ckpt={BASE}", *args))
+    _assert_one_line(exit_.value.code, capsys.readouterr().err, key, out)
 
 
 def test_lora_for_another_base_is_one_line_exit_2(tmp_path, capsys):

@@ -184,7 +184,13 @@ CASES = {  # name: (overrides, gradient checkpointing)
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# the bf16 variants of the same lines run under `make test-slow` (each measured step costs 15-20 s on 2 cores)
+SLOW_CASES = {"bf16-full", "bf16-full-ckpt", "bf16-lora", "bf16true-lora-ckpt"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in CASES]
+)
 def test_memory_plan_matches_a_measured_step(name):
     torch.set_num_threads(1)
     overrides, ckpt = CASES[name]

@@ -107,18 +107,23 @@ def cache_is_whole_or_absent(cache: Path) -> bool:
     return True
 
 
-def test_signals_before_the_first_step_exit_75_and_leave_nothing_half_written(tmp_path):
+def moments(hydra_dir: Path) -> dict[str, list]:
+    """Moments of start-up and the signal sent there; the default run takes three, ``make test-slow`` the rest."""
+    installed = ("handlers just installed", lambda pid, err: handlers_installed(pid))
+    hydra = ("Hydra's run folder written", lambda pid, err: hydra_dir.is_file())
+    encoding = ("encoding the latent cache", lambda pid, err: "encoding latents" in err)
+    return {
+        "default": [(*installed, signal.SIGTERM), (*hydra, signal.SIGUSR1), (*encoding, signal.SIGTERM)],
+        "slow": [(*installed, signal.SIGUSR1), (*encoding, signal.SIGUSR1)],
+    }
+
+
+@pytest.mark.parametrize("which", ["default", pytest.param("slow", marks=pytest.mark.slow)])
+def test_signals_before_the_first_step_exit_75_and_leave_nothing_half_written(tmp_path, which):
     out, cache = tmp_path / "run", tmp_path / "cache"
     args = tiny_args(out, cache)
     hydra_dir = out / ".hydra" / "config.yaml"
-    moments = [
-        ("handlers just installed", lambda pid, err: handlers_installed(pid), signal.SIGTERM),
-        ("handlers just installed", lambda pid, err: handlers_installed(pid), signal.SIGUSR1),
-        ("Hydra's run folder written", lambda pid, err: hydra_dir.is_file(), signal.SIGUSR1),
-        ("encoding the latent cache", lambda pid, err: "encoding latents" in err, signal.SIGTERM),
-        ("encoding the latent cache", lambda pid, err: "encoding latents" in err, signal.SIGUSR1),
-    ]
-    for what, ready, sig in moments:
+    for what, ready, sig in moments(hydra_dir)[which]:
         hydra_dir.unlink(missing_ok=True)
         code, err, sent = run_and_signal(args, ready, sig)
         assert sent, f"{what}: the run ended before the marker (exit {code}): {err[-2000:]}"

@@ -236,7 +236,7 @@ def crafted(fsdp_ckpt, tmp_path_factory) -> tuple[Path, Path, dict[str, Path]]:
     return root, marker, folders
 
 
-@pytest.mark.parametrize("file", [".metadata", "meta.pt"])
+@pytest.mark.parametrize("file", [".metadata", pytest.param("meta.pt", marks=pytest.mark.slow)])
 def test_train_refuses_a_crafted_sharded_checkpoint_in_one_line(crafted, file):
     """``ckpt_path=<folder>`` and ``ckpt_path=last`` (the folder as the run's ``checkpoints/last.ckpt``): exit 2,
     one line naming the file, before anything is built; the payload never runs."""

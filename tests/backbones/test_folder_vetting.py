@@ -252,12 +252,14 @@ def test_wan2_json_round_trip_and_errors(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- CLIs
 
+# Every case goes through every loader in-process above; the command lines get two in the default run (a
+# subprocess costs about 9 s on 2 cores) and the rest under `make test-slow`.
 CLI_CASES = [
     "os_system",
-    "custom_module",
-    "py_in_component",
-    "auto_map",
-    "wan2_json_invalid",
+    pytest.param("custom_module", marks=pytest.mark.slow),
+    pytest.param("py_in_component", marks=pytest.mark.slow),
+    pytest.param("auto_map", marks=pytest.mark.slow),
+    pytest.param("wan2_json_invalid", marks=pytest.mark.slow),
     "safetensors_huge_header",
 ]
 
@@ -290,7 +292,7 @@ def test_train_cli_refuses_in_one_line(tmp_path, case):
     _assert_one_line(proc, CASES[case][1], marker, tmp_path)
 
 
-@pytest.mark.parametrize("case", ["builtins_eval", "py_in_component"])
+@pytest.mark.parametrize("case", ["builtins_eval", pytest.param("py_in_component", marks=pytest.mark.slow)])
 def test_evaluate_cli_refuses_in_one_line(tmp_path, case):
     d, marker = bad_folder(tmp_path, case)
     proc = _cli(

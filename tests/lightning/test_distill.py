@@ -52,7 +52,9 @@ def test_two_step_target_lands_where_two_teacher_steps_land():
 
 @pytest.fixture(scope="module")
 def round_4_to_2():
-    """One progressive round 4 -> 2 on the shipped tiny base (no guidance phase), trained for 120 steps."""
+    """One progressive round 4 -> 2 on the shipped tiny base (no guidance phase), trained for 40 steps (the
+    student's 2-step MSE to the teacher's 4 steps, relative to the teacher's own 2 steps, measured at batch 8:
+    0.42 after 20 steps, 0.38 after 30, 0.35 after 40)."""
     if not BASE.exists():
         pytest.skip(f"no shipped base at {BASE}")
     from wan2.backbones.stack import load_backbone
@@ -68,7 +70,7 @@ def round_4_to_2():
         student_steps=2,
         guidance_scale=1.0,
         cfg_steps=0,
-        round_steps=120,
+        round_steps=40,
         lr=1e-4,
         warmup_steps=0,
     )
@@ -82,7 +84,7 @@ def round_4_to_2():
     opt = torch.optim.AdamW(module.transformer.parameters(), lr=1e-4, weight_decay=0.0)
     module.transformer.train()
     gen = torch.Generator().manual_seed(0)
-    for _ in range(120):
+    for _ in range(40):
         idx = torch.randint(0, 32, (8,), generator=gen)
         batch = {"latents": latents[idx], "text_emb": emb[idx], "caption": [clips[i].caption for i in idx]}
         loss, _ = module.distill_loss(batch)
