@@ -18,6 +18,12 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# pytest-xdist runs one worker per core (`make test`: -n 2 on 2 cores): one intra-op thread each, set before any
+# test imports torch; two threads per worker oversubscribe the cores, and OpenMP spin-waits make that many times
+# slower. A plain `pytest` keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 CONFIGS = ROOT / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))  # picked up from the glob
 
