@@ -81,6 +81,9 @@ def test_quantization_is_per_output_channel_and_round_trips():
     again.load_state_dict(layer.state_dict())
     assert torch.equal(again.weight_fp8, layer.weight_fp8)
     assert layer.to(torch.bfloat16).weight_fp8.dtype == torch.uint8  # .to(dtype) leaves the bits alone
+    assert not list(layer.buffers()) and not any(
+        p.requires_grad for p in layer.parameters()
+    )  # nothing for DDP
 
 
 def test_state_dict_and_export_stay_ordinary(tmp_path):

@@ -80,15 +80,17 @@ class Fp8LinearFunction(torch.autograd.Function):
 
 class Fp8Linear(nn.Module):
     """A frozen ``nn.Linear`` stored as e4m3 bits (``weight_fp8``, uint8 so ``.to(dtype)`` leaves it alone) and
-    per-output-channel scales (``weight_scale``); ``weight`` is the dequantized weight in ``dtype``."""
+    per-output-channel scales (``weight_scale``), both frozen parameters; ``weight`` is the dequantized weight in
+    ``dtype`` (read-only: PEFT's ``merge`` cannot write into it, ``restore_linears`` first)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.dtype = linear.weight.dtype  # what the state dict and exports hold
         bits, scale = quantize(linear.weight)
-        self.register_buffer("weight_fp8", bits)
-        self.register_buffer("weight_scale", scale)
+        # frozen parameters, not buffers: DDP would broadcast buffers at every forward
+        self.weight_fp8 = nn.Parameter(bits, requires_grad=False)
+        self.weight_scale = nn.Parameter(scale, requires_grad=False)
         self.bias = linear.bias  # frozen Parameter or None, unchanged
 
     @property
@@ -126,8 +128,9 @@ class Fp8Linear(nn.Module):
                 error_msgs.append(f"size mismatch for {key}: {tuple(w.shape)} in the state dict")
             else:
                 bits, scale = quantize(w.to(self.weight_fp8.device))
-                self.weight_fp8.copy_(bits)
-                self.weight_scale.copy_(scale)
+                with torch.no_grad():
+                    self.weight_fp8.copy_(bits)
+                    self.weight_scale.copy_(scale)
         elif strict:
             missing_keys.append(key)
         if self.bias is not None:
