@@ -106,6 +106,29 @@ def test_state_dict_and_export_stay_ordinary(tmp_path):
         assert torch.equal(predict(model, b), out)
 
 
+def test_fused_export_merges_the_adapter_into_an_fp8_base():
+    """``objective.fuse``: merging into an fp8 base would write into a dequantized temporary and lose the adapter;
+    ``_merge_peft`` turns the base layers back into nn.Linear first."""
+    import copy
+
+    from wan2.lightning.lora_module import _merge_peft
+
+    model = tiny_transformer()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)  # a trained adapter
+    store_frozen_linears_fp8(model)
+    b = batch(model)
+    with torch.no_grad():
+        expected, fused = predict(model, b), _merge_peft(copy.deepcopy(model))
+        assert not any(isinstance(m, Fp8Linear) for m in fused.modules())
+        torch.testing.assert_close(predict(fused, b), expected, rtol=1e-4, atol=1e-5)
+        restore_linears(model)
+        model.disable_adapters()
+        assert (predict(model, b) - expected).abs().max() > 1e-3  # the adapter matters: merged for real
+
+
 def test_quality_cost_against_bf16_storage():
     """The measured cost of fp8 storage on the tiny stack: output error and LoRA training losses."""
     fp32 = tiny_transformer(lora=False).requires_grad_(False)
