@@ -2,8 +2,11 @@
 block ahead of use; training with it gives identical losses and LoRA gradients, with at most 2 swapped blocks
 resident at any block's forward or backward."""
 
+from functools import partial
+
 import pytest
 import torch
+import torch.utils.checkpoint
 
 from tests.memory.tiny import batch, predict, tiny_transformer, train
 from wan2.memory.block_swap import BlockSwap, in_backward
@@ -23,11 +26,22 @@ def check_loaded_copies(swap: BlockSwap, seen: list) -> None:
         swap.blocks[j].register_forward_pre_hook(hook)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
-def test_training_is_identical_and_at_most_two_blocks_are_resident(checkpointing):
-    losses, grads = train(tiny_transformer(checkpointing=checkpointing))
+def build(checkpointing):
+    """The tiny LoRA transformer with no / diffusers' (non-reentrant) / reentrant gradient checkpointing."""
+    model = tiny_transformer(checkpointing=bool(checkpointing))
+    if checkpointing == "reentrant":
+        model.enable_gradient_checkpointing(partial(torch.utils.checkpoint.checkpoint, use_reentrant=True))
+        model.patch_embedding.requires_grad_(True)  # reentrant checkpoints need an input that requires grad
+    return model
 
-    model = tiny_transformer(checkpointing=checkpointing)
+
+@pytest.mark.parametrize(
+    "checkpointing", [False, True, "reentrant"], ids=["plain", "checkpointing", "reentrant"]
+)
+def test_training_is_identical_and_at_most_two_blocks_are_resident(checkpointing):
+    losses, grads = train(build(checkpointing))
+
+    model = build(checkpointing)
     trace, seen = [], []
     swap = BlockSwap.attach(model.blocks, 3, "cpu", trace=trace)
     check_loaded_copies(swap, seen)
@@ -51,12 +65,15 @@ def test_training_is_identical_and_at_most_two_blocks_are_resident(checkpointing
         ("backward", 2),
         ("backward", 1),
     ]
-    if checkpointing:  # the backward of each block reruns its forward first
+    if checkpointing is True:  # the backward of each block reruns its forward first
         per_step = per_step[:3] + [e for j in (3, 2, 1) for e in (("backward", j), ("recompute", j))]
+    elif checkpointing == "reentrant":  # no output hooks: the forward ran without grad; recompute only
+        per_step = per_step[:3] + [("recompute", j) for j in (3, 2, 1)]
     assert events == per_step * 3
     for event, j, resident in trace:
         assert j in resident and len(resident) <= 2, (event, j, resident)
     assert seen.count(3) == (6 if checkpointing else 3)
+    assert swap.resident <= {1}  # after the last backward only its block may remain
     # the LoRA weights stayed trainable parameters of the same blocks (never swapped)
     assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
 

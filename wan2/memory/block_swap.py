@@ -15,8 +15,8 @@ How it works (hooks on every block, no change to the model's code):
 Backward needs the weights again. Both ways of getting them are handled:
 
 - with gradient checkpointing (the recommended setting): the backward of a block recomputes its forward; the
-  output hook has loaded the block just before, and the recompute's hooks only check residency (they never
-  prefetch or evict while the autograd engine runs). Nothing the autograd graph keeps refers to a swapped
+  output hook has loaded the block just before (reentrant checkpointing has no such hook: the recompute's
+  pre-hook loads it), and a recompute never evicts the block it recomputes. Nothing the autograd graph keeps refers to a swapped
   weight between forward and backward, so at most two swapped blocks' weights are on the device at any time.
 - without checkpointing: results are identical too (the output hook reloads what autograd saved by
   reference), but tensors that autograd saved from the forward (e.g. ``weight.t()`` of every Linear) keep
@@ -149,10 +149,12 @@ class BlockSwap:
 
     def _pre_hook(self, j: int):
         def hook(module, args):
-            if in_backward():  # a checkpoint recompute inside block j's backward: the output hook loaded j
-                if j in self.frozen:
+            if in_backward():  # a checkpoint recompute inside block j's backward (block j + 1's is over)
+                if j in self.frozen:  # non-reentrant: the output hook did this already; reentrant: it cannot
+                    self._keep_only({j, j - 1})
                     self._ensure(j)
                     self._log("recompute", j)
+                    self._prefetch(j - 1)
                 return
             self._keep_only({j, j + 1})  # e.g. the last block kept for a backward that never came
             if j in self.frozen:
