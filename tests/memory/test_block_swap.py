@@ -114,7 +114,7 @@ def test_state_dict_and_detach_keep_the_weights():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("bad", [-1, 5, 2.5, "2"])
+@pytest.mark.parametrize("bad", [-1, 5, 2.5, "2", True])
 def test_bad_block_count_is_one_line(bad):
     model = tiny_transformer(lora=False)
     with pytest.raises(

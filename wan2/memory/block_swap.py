@@ -50,7 +50,7 @@ class BlockSwap:
 
     def __init__(self, blocks: nn.ModuleList, num_swapped: int, device, trace: list | None = None):
         n = len(blocks)
-        if not isinstance(num_swapped, int) or not 0 <= num_swapped <= n:
+        if isinstance(num_swapped, bool) or not isinstance(num_swapped, int) or not 0 <= num_swapped <= n:
             raise ValueError(
                 f"block_swap: {num_swapped!r} is not a block count in 0..{n} (this model has {n})"
             )
