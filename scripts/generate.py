@@ -268,6 +268,12 @@ def main(argv=None) -> int:
     p.add_argument("--include-user", action="store_true", help="record user names in manifest.jsonl")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None)
+    p.add_argument(
+        "--offload",
+        choices=("model", "sequential"),
+        default=None,
+        help="keep weights on the CPU and move each component (model) or layer (sequential) to --device as it runs",
+    )
     args = p.parse_args(argv)
     _check_args(p, args)
     try:
@@ -327,7 +333,12 @@ def run(args, earlier: list[dict]) -> int:
             continue
         try:
             model = Wan2T2V.from_pretrained(
-                model_dir, device=args.device, dtype=args.dtype, lora=args.lora or None, lora_scales=scales
+                model_dir,
+                device=args.device,
+                dtype=args.dtype,
+                lora=args.lora or None,
+                lora_scales=scales,
+                offload=args.offload,
             )
         except (BackboneError, LoraFileError, ValueError, RuntimeError, OSError, AssertionError) as err:
             if bar is not None:  # AssertionError: torch's "not compiled with CUDA" for --device cuda

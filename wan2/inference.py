@@ -24,6 +24,7 @@ import torch
 from wan2.backbones.stack import WanBackbone, load_backbone
 from wan2.data.video import save_gif, write_mp4
 from wan2.lora.adapters import WEIGHT_NAME, LoraFileError, check_lora_file, inspect_lora_file, lora_component
+from wan2.memory.offload import offload_pipeline, offload_problem
 from wan2.rollout import assign_variant  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,15 @@ def save_video(video: GeneratedVideo, path: str | Path, pix_fmt: str = "yuv444p"
 class Wan2T2V:
     """Text-to-video generation with a wan2 export or a Wan 2.2 diffusers directory (optionally with LoRAs)."""
 
-    def __init__(self, backbone: WanBackbone, device: str = "cpu"):
+    def __init__(self, backbone: WanBackbone, device: str = "cpu", offload: str | None = None):
         self.backbone = backbone
         self.device = device
-        self.pipe = backbone.pipeline().to(device)
+        self.offload = offload
+        self.pipe = backbone.pipeline()
+        if offload is None:
+            self.pipe.to(device)
+        else:  # the weights stay on the CPU; diffusers' hooks move them to `device` as they run
+            offload_pipeline(self.pipe, offload, device)
         self.pipe.set_progress_bar_config(disable=True)
         self.defaults = {k: backbone.extra.get(k, v) for k, v in PIPELINE_DEFAULTS.items()}
         self.rows = int(backbone.extra.get("rows", 5))
@@ -115,17 +121,26 @@ class Wan2T2V:
         dtype: str | None = None,
         lora: str | Path | list | None = None,
         lora_scales=None,
+        offload: str | None = None,
     ) -> Wan2T2V:
-        """Load ``path`` (a diffusers WanPipeline folder); ``lora``: one or more LoRA files or folders."""
+        """Load ``path`` (a diffusers WanPipeline folder); ``lora``: one or more LoRA files or folders.
+
+        ``offload`` (for a model larger than the device, e.g. the 5B on a 24 GB card): ``"model"`` keeps the
+        components on the CPU and moves each whole one to ``device`` while it runs (diffusers'
+        ``enable_model_cpu_offload``); ``"sequential"`` moves each leaf module's weights in for its forward
+        (``enable_sequential_cpu_offload``: least memory, slowest; needs an accelerator)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype: {dtype!r} is not one of {list(DTYPES)}")
+        problem = offload_problem(offload, device)
+        if problem:  # before the (possibly large) model loads
+            raise ValueError(problem)
         loras = [] if not lora else lora if isinstance(lora, (list, tuple)) else [lora]
         for f in loras:  # a bad LoRA file is refused before the (possibly large) model loads
             inspect_lora_file(f)
         backbone = load_backbone(path, torch_dtype=DTYPES[dtype])
         if backbone.vae is not None and backbone.vae.dtype != torch.float32:
             backbone.vae.to(torch.float32)  # decode in fp32, as the Wan 2.2 model cards advise
-        model = cls(backbone, device=device)
+        model = cls(backbone, device=device, offload=offload)
         if loras:
             model.load_loras(loras, lora_scales)
         return model

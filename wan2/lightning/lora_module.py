@@ -9,6 +9,7 @@ from wan2.compat import forget_peft_adapters
 from wan2.lightning.flow_module import FlowMatchingModule
 from wan2.lightning.lora_config import LoRAObjectiveConfig
 from wan2.lora import add_lora, lora_config, save_lora
+from wan2.memory.fp8 import restore_linears
 
 # where each transformer's adapter is exported, named after the pipeline component it loads into
 LORA_DIRS = {"transformer": "lora", "transformer_2": "lora_2"}
@@ -95,6 +96,7 @@ def _merge_peft(module):
     """Replace every PEFT LoRA layer by its merged base layer (weights W + scale * B A)."""
     from peft.tuners.lora import LoraLayer
 
+    restore_linears(module)  # fp8-stored base layers (memory.fp8_frozen) back to nn.Linear: merge writes W
     for name, sub in list(module.named_modules()):
         if isinstance(sub, LoraLayer):
             sub.merge()
