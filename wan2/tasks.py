@@ -40,6 +40,8 @@ from wan2.lightning.reliability import (
     check_sharded_checkpoint,
     safe_torch_load,
 )
+from wan2.memory.apply import apply_memory
+from wan2.memory.config import MemoryConfig
 from wan2.run_config import check_resume_config, record_training_config, use_job_dir
 
 log = logging.getLogger("wan2")
@@ -130,11 +132,25 @@ def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
     ]
 
 
+def memory_settings(cfg: DictConfig) -> MemoryConfig:
+    """The run's ``memory`` group (``wan2.memory.config``; a config without one gets the defaults)."""
+    return MemoryConfig.build(cfg.get("memory"), at="memory")
+
+
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The objective's LightningModule on the backbone ``cfg.model`` builds."""
-    return hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(
+    """The objective's LightningModule on the backbone ``cfg.model`` builds, with the ``memory`` settings
+    applied (checkpointing, activation offload, frozen weights in the compute dtype)."""
+    module = hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(
         backbone=build_backbone(cfg.model)
     )
+    apply_memory(
+        module,
+        memory_settings(cfg),
+        cfg.trainer.get("precision", "32-true"),
+        model_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
+        fsdp=is_fsdp(cfg.trainer.get("strategy")),
+    )
+    return module
 
 
 def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Path) -> dict:
