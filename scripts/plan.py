@@ -82,7 +82,8 @@ def presets() -> list[str]:
 
 def pick_memory(overrides: list[str], kwargs: dict) -> dict:
     """``memory=auto``: the plan of every preset; the one returned is the fastest (seconds per step, with the
-    configured checkpointing) that fits ``gpu_memory_gb``, with every candidate under ``memory_candidates``."""
+    configured checkpointing; on a tie the one without fp8, then with fewer swapped blocks) that fits
+    ``gpu_memory_gb``, with every candidate under ``memory_candidates``."""
     from wan2.plan import PlanError, plan_from_config
 
     plans, refused = {}, {}
@@ -112,7 +113,15 @@ def pick_memory(overrides: list[str], kwargs: dict) -> dict:
             + ")"
             + "".join(f"; {n}: {e}" for n, e in refused.items())
         )
-    pick = min(fitting, key=lambda n: (summary[n]["seconds_per_step"], summary[n]["total_gib"]))
+    # ties (block swap overlaps with compute): the one without fp8 (its quality cost), then fewer swapped blocks
+    pick = min(
+        fitting,
+        key=lambda n: (
+            summary[n]["seconds_per_step"],
+            plans[n]["memory"]["fp8"],
+            plans[n]["memory"]["block_swap"],
+        ),
+    )
     plan = plans[pick]
     plan["memory_candidates"] = {**summary, **{n: {"refused": e} for n, e in refused.items()}}
     plan["notes"].insert(
@@ -136,6 +145,8 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    auto = "memory=auto" in overrides  # not a preset: plan each of configs/memory/*.yaml
+    overrides = [o for o in overrides if o != "memory=auto"]
     sys.path.insert(0, str(ROOT))
     from train import check_group_overrides
 
@@ -150,10 +161,9 @@ def main(argv: list[str]) -> int:
 
     out = knobs.pop("out", None)
     kwargs = {KWARGS.get(k, k): v for k, v in knobs.items()}
-    auto = "memory=auto" in overrides
     try:
         if auto:
-            plan = pick_memory([o for o in overrides if o != "memory=auto"], kwargs)
+            plan = pick_memory(overrides, kwargs)
         else:
             cfg = compose(overrides)
             name = next((o.partition("=")[2] for o in overrides if o.startswith("memory=")), "default")

@@ -54,6 +54,43 @@ def validate(cfg: DictConfig) -> None:
     check_train_config(cfg)
 
 
+def check_fits(cfg: DictConfig, gpu_memory_gib: float | None = None) -> None:
+    """Refuse a run the planner (``wan2.plan``, on the meta device: no weight is read) says does not fit the
+    GPU, in one line with its numbers, before anything loads. ``gpu_memory_gib``: None = this CUDA device's
+    memory on a GPU run, and no check on a CPU run."""
+    from omegaconf import OmegaConf
+
+    from wan2.plan import GiB, PlanError, plan_from_config
+
+    if gpu_memory_gib is None:
+        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+        if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+            return
+        gpu_memory_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB
+    try:
+        plan = plan_from_config(cfg, gpu_memory_gib=gpu_memory_gib)
+    except (PlanError, BackboneError, ValueError):  # not a transformer objective, or a folder the loader vets
+        return
+    key = plan["configured"]
+    if plan["fits"][key]:
+        return
+    m = plan["memory_gib"][key]
+    weights = sum(v for k, v in m.items() if k.startswith("weights_") or k == "block_swap_buffers")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        preset = HydraConfig.get().runtime.choices.get("memory", "default")
+    except ValueError:  # not under Hydra's main (tests)
+        preset = "memory"
+    raise ConfigError(
+        f"memory: memory={preset} does not fit this GPU: the plan needs {m['total']:.1f} GiB, the GPU has "
+        f"{gpu_memory_gib:.1f} GiB (weights {weights:.1f}, activations {m['activations']:.1f}, grads + AdamW + "
+        f"EMA {m['grads'] + m['optimizer_adamw'] + m['ema']:.1f}, overhead {m['overhead']:.1f}; "
+        f"{'with' if key == 'checkpointing' else 'without'} checkpointing); try memory=24gb or "
+        "`python scripts/plan.py <these overrides> memory=auto`"
+    )
+
+
 def _link_latest(run_dir: Path) -> None:
     latest = run_dir.parent / "latest"
     tmp = run_dir.parent / f".latest-{os.getpid()}"
@@ -176,6 +213,7 @@ def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Pa
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     validate(cfg)
+    check_fits(cfg)  # the planner's verdict for this GPU, before any weight loads
     use_job_dir(cfg)  # -m: this job's own folder under hydra.sweep.dir
     _share_run_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)

@@ -147,6 +147,8 @@ class TransformerShape:
     proj_out_weight: int
     patch_params: int  # patch-embedding Conv3d weight
     block_linear_rows: int = 0  # output rows of one block's Linear layers (fp8 keeps one scale per row)
+    keep_fp32_params: int = 0  # parameters diffusers keeps in fp32 in a bf16 model (_keep_in_fp32_modules)
+    block_keep_fp32_params: int = 0  # those of one block
 
     @property
     def block_linear_params(self) -> int:
@@ -160,6 +162,17 @@ class TransformerShape:
     def role_weight(self, role: str) -> int:
         i, o = self.role_shapes[role]
         return i * o
+
+
+def _keeps(transformer) -> tuple:
+    return tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+
+
+def keep_fp32(module) -> list:
+    """wan2.memory.frozen.keep_fp32 (the parameters a bf16 frozen base keeps in fp32)."""
+    from wan2.memory.frozen import keep_fp32 as keep
+
+    return keep(module)
 
 
 def describe_transformer(transformer) -> TransformerShape:
@@ -214,6 +227,12 @@ def describe_transformer(transformer) -> TransformerShape:
         cast_params_full=cast,
         proj_out_weight=transformer.proj_out.weight.numel(),
         block_linear_rows=sum(o for _, o in role_shapes.values()),
+        keep_fp32_params=sum(p.numel() for p in keep_fp32(transformer)),
+        block_keep_fp32_params=sum(
+            p.numel()
+            for n, p in blocks[0].named_parameters()
+            if any(k in n.split(".") for k in _keeps(transformer))
+        ),
         patch_params=transformer.patch_embedding.weight.numel(),
     )
 

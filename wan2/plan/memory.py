@@ -164,14 +164,20 @@ class Components:
     teacher: int = 0  # a frozen copy of the transformer (distillation)
 
 
-def frozen_transformer_bytes(shape: TransformerShape, mem: MemoryPlan, frozen_bytes: int) -> tuple[int, int]:
+def frozen_transformer_bytes(
+    shape: TransformerShape, mem: MemoryPlan, frozen_bytes: int, param_bytes: int
+) -> tuple[int, int]:
     """(bytes of one whole frozen transformer, bytes of one of its blocks) at rest: ``frozen_bytes`` per
-    weight, or with ``mem.fp8`` the block Linear weights at 1 byte plus one fp32 scale per output row."""
+    weight (what diffusers keeps in fp32 at ``param_bytes``), or with ``mem.fp8`` the block Linear weights at
+    1 byte plus one fp32 scale per output row."""
+    extra = param_bytes - frozen_bytes  # the fp32-kept parameters (norms, modulation, time embedder)
+    whole = shape.params * frozen_bytes + shape.keep_fp32_params * extra
+    block = shape.block_params * frozen_bytes + shape.block_keep_fp32_params * extra
     if not mem.fp8:
-        return shape.params * frozen_bytes, shape.block_params * frozen_bytes
+        return whole, block
     lin, rows = shape.block_linear_params, shape.block_linear_rows
-    block = lin + FP32 * rows + (shape.block_params - lin) * frozen_bytes
-    return shape.params * frozen_bytes - shape.layers * (shape.block_params * frozen_bytes - block), block
+    fp8_block = block - lin * frozen_bytes + lin + FP32 * rows
+    return whole - shape.layers * (block - fp8_block), fp8_block
 
 
 def memory_per_gpu(
@@ -197,7 +203,7 @@ def memory_per_gpu(
     n = par.shard if par.fsdp else 1
     te_train = comps.text_encoder if text_encoder_trains else 0
     frozen_experts = 0 if train.full else comps.transformer // shape.params
-    one, block = frozen_transformer_bytes(shape, mem, fb)
+    one, block = frozen_transformer_bytes(shape, mem, fb, pb)
     swapped = min(mem.block_swap, shape.layers - 1) if frozen_experts else 0
     lines = {
         "weights_trainable": (train.params + te_train) * pb / n,
