@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {}
+OPT_IN = {"memory"}  # heavy at full size on a small CPU: only with --only memory
 
 
 def section(name: str):
@@ -731,7 +732,10 @@ def bench_memory(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
+    default = ",".join(n for n in SECTIONS if n not in OPT_IN)
+    p.add_argument(
+        "--only", default=default, help=f"comma-separated sections of {list(SECTIONS)} (default: {default})"
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
     p.add_argument(
         "--tiny", action="store_true", help="the smallest sizes, 1 step (a smoke run; implies --quick)"

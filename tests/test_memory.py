@@ -195,3 +195,22 @@ def test_presets_compose():
             "gradient_checkpointing",
             "activation_offload",
         }
+
+
+# ------------------------------------------------------------------------------- real width (item 7, CPU part)
+@pytest.mark.slow
+def test_bench_memory_at_real_width_matches_the_plan(tmp_path):
+    """``scripts/bench.py --only memory --tiny``: one LoRA step at the real widths (reduced depth and clip) on the
+    CPU; the plan's total within 15% of the measured peak tensor bytes (about 2 minutes on 2 cores)."""
+    import json
+
+    from tests.conftest import load_script
+
+    bench = load_script("scripts/bench.py", "bench_script")
+    assert (
+        bench.main(["--only", "memory", "--tiny", "--threads", "1", "--out", str(tmp_path / "m.json")]) == 0
+    )
+    cases = json.loads((tmp_path / "m.json").read_text())["memory"]["cases"]
+    assert {c["width"] for c in cases} == {3072, 5120}
+    for c in cases:
+        assert 0.85 <= c["planned_gib"] / c["measured_gib"] <= 1.15, c
