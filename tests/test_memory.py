@@ -101,6 +101,18 @@ def test_bf16_frozen_lora_losses_track_fp32_and_export_the_same_file(tmp_path):
     assert all(k.startswith("transformer.") and ".lora_" in k for k in files["bf16"])  # the stock layout
 
 
+def test_bf16_frozen_base_samples_outside_autocast():
+    """QuickEval samples outside Lightning's autocast: the sampler feeds the base its bf16 compute dtype
+    (``transformer.dtype``, not the first parameter, which may be a norm kept in fp32)."""
+    from wan2.sampling import sample_videos
+
+    module = lora_module("trainer.precision=bf16-mixed").eval()
+    video = sample_videos(
+        module.backbone, ["a"], num_frames=5, height=32, width=32, num_inference_steps=2, guidance_scale=2.0
+    )
+    assert video.shape == (1, 3, 5, 32, 32) and torch.isfinite(video).all()
+
+
 def test_distill_teacher_is_bf16_student_fp32():
     torch.manual_seed(0)
     cfg = compose_cfg(["objective=distill", *TINY, "trainer.precision=bf16-mixed"])
