@@ -86,8 +86,8 @@ def check_fits(cfg: DictConfig, gpu_memory_gib: float | None = None) -> None:
         f"memory: memory={preset} does not fit this GPU: the plan needs {m['total']:.1f} GiB, the GPU has "
         f"{gpu_memory_gib:.1f} GiB (weights {weights:.1f}, activations {m['activations']:.1f}, grads + AdamW + "
         f"EMA {m['grads'] + m['optimizer_adamw'] + m['ema']:.1f}, overhead {m['overhead']:.1f}; "
-        f"{'with' if key == 'checkpointing' else 'without'} checkpointing); try memory=24gb or "
-        "`python scripts/plan.py <these overrides> memory=auto`"
+        f"{'with' if key == 'checkpointing' else 'without'} checkpointing); pick a preset that fits with "
+        "`python scripts/plan.py <these overrides> memory=auto` (configs/memory/)"
     )
 
 
