@@ -3,6 +3,7 @@
   python scripts/bench.py --only data            # data loading and cached vs uncached training steps
   python scripts/bench.py --only data --quick --out bench.json
   python scripts/bench.py --only train --tiny     # smallest sizes: a smoke run (tests/test_bench.py)
+  python scripts/bench.py --only memory --quick   # one LoRA step at the real widths, peak memory vs the plan
 
 Sections are registered in ``SECTIONS`` (name -> function(args) -> dict); add yours with ``@section``.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {}
+OPT_IN = {"memory"}  # heavy at full size on a small CPU: only with --only memory
 
 
 def section(name: str):
@@ -575,12 +577,165 @@ def bench_distill(args: argparse.Namespace) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- memory (issue 16, CPU part)
+MEMORY_CASES = {  # name: (model config, blocks kept, frames, height, width): real width, reduced depth
+    "ti2v_5b_2blocks_480p": ("wan22_ti2v_5b", 2, 121, 480, 832),  # 12,090 tokens
+    "a14b_1block_480p": ("wan22_t2v_a14b", 1, 81, 480, 832),  # 32,760 tokens
+}
+
+
+class _LiveBytes:
+    """Bytes of every tensor storage created while active (a TorchDispatchMode), peak over the ops; the
+    storages that existed before (weights, AdamW state, inputs) are counted once, outside."""
+
+    def __init__(self, existing=()):
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                from torch.utils._pytree import tree_leaves
+
+                out = func(*args, **(kwargs or {}))
+                outer.track(tree_leaves(out))
+                return out
+
+        self.mode, self.live, self.cur, self.peak = Mode(), {}, 0, 0
+        self.known = {StorageWeakRef(t.untyped_storage()) for t in existing}  # views of these are not new
+
+    def track(self, leaves) -> None:
+        import torch
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        for key in [k for k in self.live if k.expired()]:
+            self.cur -= self.live.pop(key)
+        for t in leaves:
+            if isinstance(t, torch.Tensor):
+                key = StorageWeakRef(t.untyped_storage())
+                if key not in self.live and key not in self.known:
+                    self.live[key] = t.untyped_storage().nbytes()
+                    self.cur += self.live[key]
+        self.peak = max(self.peak, self.cur)
+
+
+def memory_case(
+    model: str, blocks: int, frames: int, height: int, width: int, max_frames: int | None, bf16: bool
+) -> dict:
+    """One LoRA step (rank 4, attention, checkpointing, AdamW) of the real transformer width with ``blocks``
+    blocks on the CPU: tensor bytes measured against the plan's lines. ``bf16``: bf16 autocast with the frozen
+    base stored in bf16 (``memory=80gb``); else fp32 (a CPU without bf16 matmuls runs them ~200x slower)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from wan2.backbones.stack import build_backbone
+    from wan2.lora import add_lora, lora_config, target_regex
+    from wan2.memory.frozen import cast_frozen
+    from wan2.plan import (
+        Clip,
+        Components,
+        MemoryPlan,
+        Parallel,
+        describe_transformer,
+        lora_trainable,
+        memory_per_gpu,
+        precision,
+    )
+
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{model}.yaml")
+    cfg.transformer.num_layers = blocks
+    if max_frames:  # fewer tokens on a small CPU: the same widths, a shorter clip
+        frames = min(frames, max_frames)
+    torch.manual_seed(0)
+    t = build_backbone(cfg, components=("transformer",)).transformer
+    shape = describe_transformer(t)
+    train = lora_trainable(t, target_regex("attention"), 4)
+    add_lora(t, lora_config(rank=4, targets="attention"))
+    if bf16:
+        cast_frozen(t, "bf16")
+    t.enable_gradient_checkpointing()
+    vae = cfg.vae
+    clip = Clip(
+        frames,
+        height,
+        width,
+        1,
+        512,
+        vae.scale_factor_temporal,
+        vae.scale_factor_spatial,
+        shape.in_channels,
+        shape.patch,
+    )
+    prec, mem = (
+        precision("bf16-mixed" if bf16 else "32-true"),
+        MemoryPlan("80gb", 2 if bf16 else 4, text_encoder_resident=False, vae_resident=False),
+    )
+    plan = memory_per_gpu(shape, train, prec, clip, Parallel(), Components(shape.params), True, mem=mem)
+    lines = plan["lines"]
+    planned = lines["total"]  # overhead 0: the CPU has no CUDA context
+    x0 = torch.randn(1, shape.in_channels, clip.latent_frames, *clip.latent_hw)
+    cond = torch.randn(1, 512, int(t.config.text_dim))
+    sigma = torch.rand(1)
+    opt = torch.optim.AdamW([p for p in t.parameters() if p.requires_grad], lr=1e-4)
+    for p in opt.param_groups[0]["params"]:  # AdamW state exists, as after a first step
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    resident = sum(p.nbytes for p in t.parameters()) + sum(
+        v.nbytes for st in opt.state.values() for v in st.values() if torch.is_tensor(v)
+    )
+    state = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    live = _LiveBytes([*t.parameters(), *t.buffers(), *state, x0, cond, sigma])
+    start = time.perf_counter()
+    with live.mode:
+        noise = torch.randn_like(x0)
+        zt = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = t(hidden_states=zt, timestep=sigma * 1000, encoder_hidden_states=cond, return_dict=False)[
+                0
+            ]
+        torch.nn.functional.mse_loss(pred.float(), noise - x0).backward()  # grads stay: counted in the peak
+    measured = resident + live.peak
+    return {
+        "model": model,
+        "blocks": blocks,
+        "clip": [frames, height, width],
+        "tokens": clip.tokens,
+        "precision": prec.name,
+        "width": shape.dim,
+        "planned_gib": round(planned / 2**30, 3),
+        "measured_gib": round(measured / 2**30, 3),
+        "planned_over_measured": round(planned / measured, 3),
+        "planned_activations_gib": round(lines["activations"] / 2**30, 3),
+        "step_s": round(time.perf_counter() - start, 1),
+    }
+
+
+@section("memory")
+def bench_memory(args: argparse.Namespace) -> dict:
+    """Peak tensor memory of one LoRA step at the real models' width (reduced depth) on the CPU against the plan
+    (``memory=80gb``'s frozen bf16 base and checkpointing where the CPU has fast bf16 matmuls, else fp32; the CPU
+    is host and device, so no offload). ``--quick``:
+    17 frames (5 latent frames), ``--tiny``: 5 frames; the full size is heavy on a small CPU."""
+    max_frames = 5 if args.tiny else 17 if args.quick else None
+    bf16 = bf16_autocast_supported(args.device)
+    cases = []
+    for name, spec in MEMORY_CASES.items():
+        _log(f"memory: {name} ...")
+        cases.append({"name": name, **memory_case(*spec, max_frames=max_frames, bf16=bf16)})
+    return {"cases": cases}
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
+    default = ",".join(n for n in SECTIONS if n not in OPT_IN)
+    p.add_argument(
+        "--only", default=default, help=f"comma-separated sections of {list(SECTIONS)} (default: {default})"
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
     p.add_argument(
         "--tiny", action="store_true", help="the smallest sizes, 1 step (a smoke run; implies --quick)"

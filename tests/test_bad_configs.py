@@ -22,9 +22,12 @@ from wan2.config_check import (
 )
 from wan2.lightning.flow_config import EXPERTS, TIMESTEP_MODES
 
-GROUPS = ("data", "model", "objective", "lora", "trainer", "callbacks", "logger")
+GROUPS = ("data", "model", "objective", "lora", "memory", "trainer", "callbacks", "logger")
 NEEDS = {
-    "data/shards": ["data.train_shards='pipe:cat data/rankjump/train-000000.tar'"]
+    "data/shards": ["data.train_shards='pipe:cat data/rankjump/train-000000.tar'"],
+    # GPU presets: a bf16 compute dtype, and (24gb) more blocks than wan_tiny's 6 to swap
+    "memory/24gb": ["model=wan22_t2v_a14b", "trainer.precision=bf16-mixed"],
+    "memory/80gb": ["trainer.precision=bf16-mixed"],
 }  # options with a required key
 
 # id: (overrides, key the message starts with, what it must say is allowed)

@@ -463,6 +463,33 @@ def _check_fsdp_ema(cfg: DictConfig) -> None:
         )
 
 
+def _check_memory(cfg: DictConfig) -> None:
+    """The ``memory`` group's own checks (``wan2.memory.config``), then what depends on the model (blocks to
+    swap) and the trainer (a bf16 frozen base needs a bf16 compute dtype; resolved later when interpolated)."""
+    node = cfg.get("memory")
+    if not isinstance(node, DictConfig):
+        return
+    from wan2.memory.config import MemoryConfig
+
+    mem = MemoryConfig.build(node, at="memory")
+    geometry = _geometry(cfg) if isinstance(cfg.get("model"), DictConfig) else None
+    if geometry is not None and mem.block_swap >= geometry[3]:
+        _err(
+            f"memory.block_swap: {mem.block_swap} must be < the transformer's {geometry[3]} blocks (at least one "
+            "block stays on the accelerator)"
+        )
+    if isinstance(cfg.get("trainer"), DictConfig) and not OmegaConf.is_interpolation(
+        cfg.trainer, "precision"
+    ):
+        strategy = _get(cfg, "trainer.strategy")
+        fsdp = (
+            "fsdp"
+            in str(strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy).lower()
+        )
+        precision = _get(cfg, "trainer.precision")
+        mem.frozen("32-true" if precision in (_MISSING, None) else precision, fsdp=fsdp)
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` (one line: key, value, what is allowed) for the first value that cannot work."""
     try:
@@ -473,6 +500,7 @@ def check_train_config(cfg: DictConfig) -> None:
         _check_objective(cfg)
         _check_trainer(cfg)
         _check_fsdp_ema(cfg)
+        _check_memory(cfg)
         _check_callbacks(cfg)
     except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
         key = getattr(err, "full_key", None) or "config"

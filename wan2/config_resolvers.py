@@ -65,6 +65,7 @@ def register() -> None:
     # LoRA adapter settings they import) register themselves on import.
     import wan2.backbones.model_config  # noqa: F401
     import wan2.data.config  # noqa: F401
+    import wan2.memory.config  # noqa: F401
     from wan2.objectives import discover
 
     discover()

@@ -29,7 +29,8 @@ def sample_latents(
     """Normalised latents (B, C, F', H', W') for ``prompts``; one generator for the batch, as WanPipeline."""
     transformer = transformer if transformer is not None else backbone.transformer
     device = next(transformer.parameters()).device
-    dtype = next(transformer.parameters()).dtype
+    # diffusers' dtype: the weights' compute dtype, skipping what a bf16 model keeps in fp32 (wan2.memory.frozen)
+    dtype = getattr(transformer, "dtype", None) or next(transformer.parameters()).dtype
     # 1. Encode prompts (and the negative prompt when guiding)
     cond = prompt_embeds if prompt_embeds is not None else backbone.encode_prompts(prompts)
     cond = cond.to(device, dtype)

@@ -40,6 +40,8 @@ from wan2.lightning.reliability import (
     check_sharded_checkpoint,
     safe_torch_load,
 )
+from wan2.memory.apply import apply_memory
+from wan2.memory.config import MemoryConfig
 from wan2.run_config import check_resume_config, record_training_config, use_job_dir
 
 log = logging.getLogger("wan2")
@@ -50,6 +52,43 @@ def validate(cfg: DictConfig) -> None:
     from wan2.config_check import check_train_config
 
     check_train_config(cfg)
+
+
+def check_fits(cfg: DictConfig, gpu_memory_gib: float | None = None) -> None:
+    """Refuse a run the planner (``wan2.plan``, on the meta device: no weight is read) says does not fit the
+    GPU, in one line with its numbers, before anything loads. ``gpu_memory_gib``: None = this CUDA device's
+    memory on a GPU run, and no check on a CPU run."""
+    from omegaconf import OmegaConf
+
+    from wan2.plan import GiB, PlanError, plan_from_config
+
+    if gpu_memory_gib is None:
+        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+        if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+            return
+        gpu_memory_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB
+    try:
+        plan = plan_from_config(cfg, gpu_memory_gib=gpu_memory_gib)
+    except (PlanError, BackboneError, ValueError):  # not a transformer objective, or a folder the loader vets
+        return
+    key = plan["configured"]
+    if plan["fits"][key]:
+        return
+    m = plan["memory_gib"][key]
+    weights = sum(v for k, v in m.items() if k.startswith("weights_") or k == "block_swap_buffers")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        preset = HydraConfig.get().runtime.choices.get("memory", "default")
+    except ValueError:  # not under Hydra's main (tests)
+        preset = "memory"
+    raise ConfigError(
+        f"memory: memory={preset} does not fit this GPU: the plan needs {m['total']:.1f} GiB, the GPU has "
+        f"{gpu_memory_gib:.1f} GiB (weights {weights:.1f}, activations {m['activations']:.1f}, grads + AdamW + "
+        f"EMA {m['grads'] + m['optimizer_adamw'] + m['ema']:.1f}, overhead {m['overhead']:.1f}; "
+        f"{'with' if key == 'checkpointing' else 'without'} checkpointing); pick a preset that fits with "
+        "`python scripts/plan.py <these overrides> memory=auto` (configs/memory/)"
+    )
 
 
 def _link_latest(run_dir: Path) -> None:
@@ -130,11 +169,25 @@ def reliability_callbacks(cfg: DictConfig, out_dir: Path) -> list:
     ]
 
 
+def memory_settings(cfg: DictConfig) -> MemoryConfig:
+    """The run's ``memory`` group (``wan2.memory.config``; a config without one gets the defaults)."""
+    return MemoryConfig.build(cfg.get("memory"), at="memory")
+
+
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The objective's LightningModule on the backbone ``cfg.model`` builds."""
-    return hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(
+    """The objective's LightningModule on the backbone ``cfg.model`` builds, with the ``memory`` settings
+    applied (checkpointing, activation offload, frozen weights in the compute dtype)."""
+    module = hydra.utils.instantiate(cfg.objective, _partial_=True, _convert_="all")(
         backbone=build_backbone(cfg.model)
     )
+    apply_memory(
+        module,
+        memory_settings(cfg),
+        cfg.trainer.get("precision", "32-true"),
+        model_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
+        fsdp=is_fsdp(cfg.trainer.get("strategy")),
+    )
+    return module
 
 
 def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Path) -> dict:
@@ -160,6 +213,7 @@ def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Pa
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     validate(cfg)
+    check_fits(cfg)  # the planner's verdict for this GPU, before any weight loads
     use_job_dir(cfg)  # -m: this job's own folder under hydra.sweep.dir
     _share_run_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)

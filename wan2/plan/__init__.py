@@ -16,6 +16,9 @@ Memory per GPU, in bytes (``P``: parameters, ``t``: trainable parameters, ``N``:
   that the backward pass needs, plus the largest backward transient; with gradient checkpointing the block
   inputs of every layer plus one recomputed block.
 
+The ``memory`` group (``MemoryPlan``: frozen dtype, fp8, block swap, encoders off, activation offload, PCIe
+bandwidth) changes these lines; docs/plan.md ("Memory presets") says how.
+
 Modules: ``inputs`` (precision, parallel layout, transformer shapes, what trains, the clip), ``memory``,
 ``flops``, ``report`` (``make_plan`` / ``format_plan``) and ``from_config`` (a plan from a composed config).
 """
@@ -26,6 +29,7 @@ from wan2.plan.inputs import (
     FP32,
     Clip,
     GiB,
+    MemoryPlan,
     Parallel,
     PlanError,
     Precision,
@@ -42,6 +46,7 @@ from wan2.plan.memory import (
     activation_memory,
     block_activation_bytes,
     block_cast_bytes,
+    frozen_transformer_bytes,
     memory_per_gpu,
 )
 from wan2.plan.report import PlanInputs, format_plan, make_plan
@@ -51,6 +56,7 @@ __all__ = [
     "Clip",
     "Components",
     "GiB",
+    "MemoryPlan",
     "Parallel",
     "PlanError",
     "PlanInputs",
@@ -63,6 +69,7 @@ __all__ = [
     "describe_transformer",
     "flops_per_step",
     "format_plan",
+    "frozen_transformer_bytes",
     "full_trainable",
     "lora_trainable",
     "make_plan",

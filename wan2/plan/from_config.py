@@ -3,8 +3,11 @@ what trains from the objective, the clip from the data config, precision and GPU
 
 from __future__ import annotations
 
+import dataclasses
+
 from wan2.plan.inputs import (
     Clip,
+    MemoryPlan,
     PlanError,
     Trainable,
     describe_transformer,
@@ -63,6 +66,8 @@ def plan_inputs(
     mfu: float = 0.4,
     label: str = "",
     stack=None,
+    pcie_gbps: float = 25.0,
+    memory_name: str = "",
 ) -> PlanInputs:
     """What a composed config asks for: the model read off its meta build, trainable weights from the objective
     (``lora`` for LoRAModule), clip and batch from the data config (or the arguments), precision and GPUs from
@@ -198,6 +203,10 @@ def plan_inputs(
             "(wan2/lightning/ema.py keeps full tensors; objective.ema_decay=0 drops it)"
         )
     text_cached = bool(data.get("cache_text", False))
+    latents_cached = "cache_dir" in data  # data=rankjump_latents (wan2.lightning.data.LatentDataModule)
+    mem, checkpointing = memory_plan(cfg, prec, par, text_cached, latents_cached, pcie_gbps, notes)
+    if memory_name:
+        mem = dataclasses.replace(mem, name=memory_name)
     notes.append(
         (
             "the text encoder trains (weights, grads, AdamW counted; its activations are not) and the VAE is frozen: "
@@ -211,6 +220,12 @@ def plan_inputs(
         )
         + f"{prec.param} bytes / parameter at rest"
         + ("; text embeddings come from the cache" if text_cached else "")
+        + (
+            f" (memory: the frozen text encoder and transformer weights at {mem.frozen_bytes} bytes, the VAE at "
+            f"{prec.param})"
+            if mem.frozen_bytes < prec.param
+            else ""
+        )
     )
     return PlanInputs(
         shape=shape,
@@ -229,5 +244,49 @@ def plan_inputs(
         mfu=mfu,
         label=label or f"{_container(cfg.model).get('name', 'model')} {kind}",
         notes=notes,
-        checkpointing=bool(OmegaConf.select(cfg, "model.gradient_checkpointing", default=False)),
+        checkpointing=checkpointing,
+        memory=mem,
     )
+
+
+def memory_plan(cfg, prec, par, text_cached: bool, latents_cached: bool, pcie_gbps: float, notes: list):
+    """(``MemoryPlan``, checkpointing) from the ``memory`` group (``wan2.memory.config.MemoryConfig``)."""
+    from omegaconf import OmegaConf
+
+    from wan2.memory.config import MemoryConfig
+
+    try:
+        m = MemoryConfig.build(_container(cfg.get("memory")), at="memory")
+        frozen = m.frozen(prec.name, fsdp=par.fsdp)
+    except ValueError as err:  # ConfigError: one line naming the key
+        raise PlanError(str(err)) from None
+    auto = m.encoders_on_device == "auto"
+    mem = MemoryPlan(
+        name=_memory_choice(cfg),
+        frozen_bytes=2 if frozen == "bf16" else 4,
+        fp8=m.fp8_frozen,
+        block_swap=m.block_swap,
+        text_encoder_resident=not (auto and text_cached),
+        vae_resident=not (auto and latents_cached),
+        activation_offload=m.activation_offload,
+        pcie_gbps=pcie_gbps,
+    )
+    if auto and not (text_cached and latents_cached):
+        notes.append(
+            "memory.encoders_on_device=auto takes the text encoder / VAE off the GPU only with cached text "
+            "embeddings / latents (data=rankjump_latents data.cache_text=true, or a precomputed cache)"
+        )
+    if m.fp8_frozen:
+        notes.append(
+            "memory.fp8_frozen: block Linear weights at 1 byte + an fp32 scale per output row; each is upcast "
+            "to bf16 for its layer, and that copy is kept for the backward pass of the block"
+        )
+    model_ckpt = bool(OmegaConf.select(cfg, "model.gradient_checkpointing", default=False))
+    return mem, m.checkpointing(model_ckpt)
+
+
+def _memory_choice(cfg) -> str:
+    """The ``memory=`` preset Hydra picked, when the config knows it (else ``memory``)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.select(cfg, "hydra.runtime.choices.memory", default=None) or "custom")

@@ -50,6 +50,20 @@ def precision(name) -> Precision:
 
 
 @dataclass(frozen=True)
+class MemoryPlan:
+    """The ``memory`` group as the plan counts it (``wan2.memory.config.MemoryConfig``, resolved)."""
+
+    name: str = "default"  # the preset (or "custom")
+    frozen_bytes: int = 4  # bytes per frozen weight at rest: 4 (fp32) or 2 (bf16)
+    fp8: bool = False  # frozen block Linear weights at 1 byte + one fp32 scale per output row
+    block_swap: int = 0  # blocks of the frozen transformer not resident (streamed in over PCIe)
+    text_encoder_resident: bool = True  # false: encoders_on_device=auto with cached text embeddings
+    vae_resident: bool = True  # false: encoders_on_device=auto with cached latents
+    activation_offload: bool = False  # saved activations (checkpointed block inputs) in CPU memory
+    pcie_gbps: float = 25.0  # host <-> GPU bandwidth per direction, GB/s (PCIe 4.0 x16 in practice)
+
+
+@dataclass(frozen=True)
 class Parallel:
     """How the transformer is spread: ``single``, ``ddp`` (replicated) or ``fsdp`` (sharded over ``shard``)."""
 
@@ -132,6 +146,14 @@ class TransformerShape:
     cast_params_full: int  # Linear + Conv weights: the bf16 copies autocast keeps when everything trains
     proj_out_weight: int
     patch_params: int  # patch-embedding Conv3d weight
+    block_linear_rows: int = 0  # output rows of one block's Linear layers (fp8 keeps one scale per row)
+    keep_fp32_params: int = 0  # parameters diffusers keeps in fp32 in a bf16 model (_keep_in_fp32_modules)
+    block_keep_fp32_params: int = 0  # those of one block
+
+    @property
+    def block_linear_params(self) -> int:
+        """Linear weights of one block (what fp8 storage shrinks)."""
+        return sum(i * o for i, o in self.role_shapes.values())
 
     @property
     def nonblock_params(self) -> int:
@@ -140,6 +162,17 @@ class TransformerShape:
     def role_weight(self, role: str) -> int:
         i, o = self.role_shapes[role]
         return i * o
+
+
+def _keeps(transformer) -> tuple:
+    return tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+
+
+def keep_fp32(module) -> list:
+    """wan2.memory.frozen.keep_fp32 (the parameters a bf16 frozen base keeps in fp32)."""
+    from wan2.memory.frozen import keep_fp32 as keep
+
+    return keep(module)
 
 
 def describe_transformer(transformer) -> TransformerShape:
@@ -193,6 +226,13 @@ def describe_transformer(transformer) -> TransformerShape:
         text_params=text,
         cast_params_full=cast,
         proj_out_weight=transformer.proj_out.weight.numel(),
+        block_linear_rows=sum(o for _, o in role_shapes.values()),
+        keep_fp32_params=sum(p.numel() for p in keep_fp32(transformer)),
+        block_keep_fp32_params=sum(
+            p.numel()
+            for n, p in blocks[0].named_parameters()
+            if any(k in n.split(".") for k in _keeps(transformer))
+        ),
         patch_params=transformer.patch_embedding.weight.numel(),
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wan2.backbones.wan_layout import BLOCK_LINEAR, TEXT_ROLES
-from wan2.plan.inputs import FP32, Clip, GiB, Parallel, Precision, Trainable, TransformerShape
+from wan2.plan.inputs import FP32, Clip, GiB, MemoryPlan, Parallel, Precision, Trainable, TransformerShape
 
 
 def block_activation_bytes(
@@ -55,11 +55,12 @@ def block_activation_bytes(
     return float(x)
 
 
-def block_cast_bytes(shape: TransformerShape, train: Trainable) -> int:
+def block_cast_bytes(shape: TransformerShape, train: Trainable, frozen_cast: bool = True) -> int:
     """bf16 copies of one block's weights that autocast makes and the backward pass keeps (``*-mixed`` only):
-    every Linear whose weight trains or whose input carries a gradient (not the frozen text k / v of LoRA)."""
+    every Linear whose weight trains or whose input carries a gradient (not the frozen text k / v of LoRA).
+    ``frozen_cast=False``: frozen weights already stored in bf16 are used as they are (no copy)."""
     roles = [r for r in BLOCK_LINEAR if train.full or r not in TEXT_ROLES]
-    n = sum(shape.role_weight(r) for r in roles)
+    n = sum(shape.role_weight(r) for r in roles) if (train.full or frozen_cast) else 0
     if not train.full:
         n += sum(train.rank * sum(shape.role_shapes[r]) for r in train.roles)
     return 2 * n
@@ -72,8 +73,15 @@ def activation_memory(
     clip: Clip,
     checkpointing: bool,
     fsdp: bool = False,
+    frozen_cast: bool = True,
+    offload: bool = False,
 ) -> dict:
     """Peak bytes of activations during forward + backward of one step on one GPU (weights, grads excluded).
+
+    ``frozen_cast=False``: the frozen weights are stored in bf16 (no autocast copies of them); ``offload``
+    (``memory.activation_offload``): with checkpointing the block inputs wait in CPU memory (two in flight on
+    the GPU), without it every block's saved tensors do (the block being computed stays); ``offloaded``: the
+    bytes that go to the host and back each step.
 
     ``saved``: what autograd holds at the end of the forward pass (with checkpointing: the block inputs and
     what lies outside the blocks); ``weight_casts``: the autocast bf16 weight copies counted in ``peak``;
@@ -85,7 +93,7 @@ def activation_memory(
     block = B * block_activation_bytes(shape, train, prec, S, T)
     casts = prec.autocast and not fsdp  # under FSDP the gathered weights already are in the compute dtype
     routed = min(train.experts, B)  # experts that get samples (both A14B experts: each keeps its own copies)
-    block_casts = routed * block_cast_bytes(shape, train) if casts else 0
+    block_casts = routed * block_cast_bytes(shape, train, frozen_cast) if casts else 0
 
     # outside the blocks: rope cos / sin (shared by the batch), text embedding, final norm, output and loss
     outside = 2 * S * shape.head_dim * f + B * (b * T * D + f * S * D)
@@ -94,7 +102,7 @@ def activation_memory(
         outside += B * (f * S * D + b * S * D + b * clip.latent_elems + 3 * b * T * D)
         outside_casts = (2 * shape.cast_params_full - L * block_cast_bytes(shape, train)) if casts else 0
     else:
-        outside_casts = 2 * shape.proj_out_weight if casts else 0
+        outside_casts = 2 * shape.proj_out_weight if casts and frozen_cast else 0
     outside_casts *= routed
 
     # backward of the FFN: the gradients of its S x ffn_dim input and output are alive together; a trained
@@ -109,13 +117,19 @@ def activation_memory(
 
     if not checkpointing:
         saved = L * (block + block_casts) + outside + outside_casts
+        offloaded = (L - 1) * (block + block_casts) if offload else 0  # the block being computed stays
         return {
-            "saved": saved,
+            "saved": saved - offloaded,
             "weight_casts": L * block_casts + outside_casts,
             "transient": transient,
-            "peak": saved + transient,
+            "peak": saved - offloaded + transient,
+            "offloaded": offloaded,
         }
     inputs = L * B * b * S * D  # each checkpointed block keeps its input hidden states
+    offloaded = 0
+    if offload:  # parked on the host until the recompute (wan2.memory.activations.offloaded_checkpoint)
+        offloaded = inputs
+        inputs = min(L, 2) * B * b * S * D
     saved = inputs + outside + outside_casts
     backward = saved + block + block_casts + transient  # one block recomputed at a time
     # forward: autocast caches a bf16 copy of every trainable weight until it exits (the frozen ones of LoRA
@@ -128,12 +142,14 @@ def activation_memory(
             "weight_casts": cached,
             "transient": 2 * B * b * S * shape.ffn_dim,
             "peak": forward,
+            "offloaded": offloaded,
         }
     return {
         "saved": saved,
         "weight_casts": outside_casts + block_casts,
         "transient": transient,
         "peak": backward,
+        "offloaded": offloaded,
     }
 
 
@@ -148,6 +164,22 @@ class Components:
     teacher: int = 0  # a frozen copy of the transformer (distillation)
 
 
+def frozen_transformer_bytes(
+    shape: TransformerShape, mem: MemoryPlan, frozen_bytes: int, param_bytes: int
+) -> tuple[int, int]:
+    """(bytes of one whole frozen transformer, bytes of one of its blocks) at rest: ``frozen_bytes`` per
+    weight (what diffusers keeps in fp32 at ``param_bytes``), or with ``mem.fp8`` the block Linear weights at
+    1 byte plus one fp32 scale per output row."""
+    extra = param_bytes - frozen_bytes  # the fp32-kept parameters (norms, modulation, time embedder)
+    whole = shape.params * frozen_bytes + shape.keep_fp32_params * extra
+    block = shape.block_params * frozen_bytes + shape.block_keep_fp32_params * extra
+    if not mem.fp8:
+        return whole, block
+    lin, rows = shape.block_linear_params, shape.block_linear_rows
+    fp8_block = block - lin * frozen_bytes + lin + FP32 * rows
+    return whole - shape.layers * (block - fp8_block), fp8_block
+
+
 def memory_per_gpu(
     shape: TransformerShape,
     train: Trainable,
@@ -159,20 +191,27 @@ def memory_per_gpu(
     ema: bool = False,
     text_encoder_trains: bool = False,
     overhead_gib: float = 0.0,
+    mem: MemoryPlan | None = None,
 ) -> dict:
-    """Bytes per GPU by line; ``total`` = every resident line + max(activation peak, AdamW step temporaries)."""
+    """Bytes per GPU by line; ``total`` = every resident line + max(activation peak, AdamW step temporaries);
+    ``transfer``: host <-> GPU bytes per step (block swap streams in, activation offload both ways)."""
     pb = prec.param
+    mem = mem or MemoryPlan(frozen_bytes=pb)
+    fb = min(mem.frozen_bytes, pb)  # frozen weights at rest (bf16-true stores everything in bf16 already)
     # FSDP (configs/trainer/fsdp.yaml, FSDP2): one unit per WanTransformerBlock and per UMT5Block, the
     # transformer's embedders and proj_out in its root unit: all of it sharded over n
     n = par.shard if par.fsdp else 1
     te_train = comps.text_encoder if text_encoder_trains else 0
-    frozen_transformer = 0 if train.full else comps.transformer
+    frozen_experts = 0 if train.full else comps.transformer // shape.params
+    one, block = frozen_transformer_bytes(shape, mem, fb, pb)
+    swapped = min(mem.block_swap, shape.layers - 1) if frozen_experts else 0
     lines = {
         "weights_trainable": (train.params + te_train) * pb / n,
-        "weights_frozen_transformer": frozen_transformer * pb / n,
-        "weights_text_encoder": (comps.text_encoder - te_train) * pb / n,
-        "weights_vae": comps.vae * pb,
-        "weights_teacher": comps.teacher * pb / n,
+        "weights_frozen_transformer": frozen_experts * (one - swapped * block) / n,
+        "block_swap_buffers": 2 * block if swapped else 0,  # the block computed and the one streaming in
+        "weights_text_encoder": (comps.text_encoder - te_train) * fb / n if mem.text_encoder_resident else 0,
+        "weights_vae": comps.vae * pb if mem.vae_resident else 0,
+        "weights_teacher": (one if comps.teacher else 0) / n,
     }
     trainable = train.params + te_train
     if par.fsdp:
@@ -192,10 +231,17 @@ def memory_per_gpu(
     # AdamW: two moments in the parameters' dtype, and a 4-byte step per tensor
     lines["optimizer_adamw"] = 2 * trainable * pb / n + 4 * train.tensors
     lines["ema"] = FP32 * trainable if ema else 0  # EMA (wan2/lightning/ema.py) holds whole fp32 tensors
-    act = activation_memory(shape, train, prec, clip, checkpointing, fsdp=par.fsdp)
+    frozen_cast = fb == prec.param or mem.fp8  # fp32 frozen weights (or fp8 upcasts) are copied to bf16
+    act = activation_memory(
+        shape, train, prec, clip, checkpointing, par.fsdp, frozen_cast, mem.activation_offload
+    )
     lines["activations"] = act["peak"]
     lines["overhead"] = overhead_gib * GiB
     adamw_step_tmp = trainable * pb / n  # foreach AdamW's step: sqrt(exp_avg_sq) of every tensor at once
     resident = sum(v for k, v in lines.items() if k != "activations")
     lines["total"] = resident + max(act["peak"], adamw_step_tmp)
-    return {"lines": lines, "activation_detail": act, "adamw_step_tmp": adamw_step_tmp}
+    # block swap: the swapped blocks of every expert that gets samples come in for the forward and again for
+    # the backward (recompute and backward of a block share one load); frozen weights never go back
+    routed = min(frozen_experts, clip.batch)
+    transfer = {"swap_h2d": 2 * routed * swapped * block, "offload_each_way": act["offloaded"]}
+    return {"lines": lines, "activation_detail": act, "adamw_step_tmp": adamw_step_tmp, "transfer": transfer}

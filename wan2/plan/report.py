@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from wan2.plan.flops import flops_per_step
-from wan2.plan.inputs import Clip, GiB, Parallel, Precision, Trainable, TransformerShape
+from wan2.plan.inputs import Clip, GiB, MemoryPlan, Parallel, Precision, Trainable, TransformerShape
 from wan2.plan.memory import Components, memory_per_gpu
 
 
@@ -27,7 +27,10 @@ class PlanInputs:
     mfu: float = 0.4
     label: str = ""
     notes: list = field(default_factory=list)
-    checkpointing: bool = False  # what the config runs (model.gradient_checkpointing); both are planned
+    checkpointing: bool = (
+        False  # what the config runs (memory / model.gradient_checkpointing); both are planned
+    )
+    memory: MemoryPlan | None = None  # the memory group (None: today's defaults, frozen weights as stored)
 
 
 def make_plan(inp: PlanInputs) -> dict:
@@ -61,10 +64,12 @@ def make_plan(inp: PlanInputs) -> dict:
         "parallel": asdict(inp.par),
         "gpu_memory_gib": inp.gpu_memory_gib,
         "configured": "checkpointing" if inp.checkpointing else "no_checkpointing",
+        "memory": asdict(inp.memory) if inp.memory is not None else None,
         "memory_gib": {},
         "fits": {},
         "flops": {},
         "seconds_per_step": {},
+        "pcie_gb_per_step": {},
         "assumptions": {
             "gpu_tflops": inp.gpu_tflops,
             "mfu": inp.mfu,
@@ -87,6 +92,7 @@ def make_plan(inp: PlanInputs) -> dict:
             ema=inp.ema,
             text_encoder_trains=inp.text_encoder_trains,
             overhead_gib=inp.overhead_gib,
+            mem=inp.memory,
         )
         out["memory_gib"][key] = {k: round(v / GiB, 2) for k, v in mem["lines"].items()}
         out["memory_gib"][key]["activation_detail"] = {
@@ -96,7 +102,15 @@ def make_plan(inp: PlanInputs) -> dict:
         fl = flops_per_step(shape, train, clip, ckpt, te_flops, inp.teacher_forwards)
         out["flops"][key] = {k: float(f"{v:.4g}") for k, v in fl.items()}
         out["flops"][key]["global_step_total"] = float(f"{fl['total'] * inp.par.world:.4g}")
-        out["seconds_per_step"][key] = round(fl["total"] / (inp.gpu_tflops * 1e12 * inp.mfu), 2)
+        # block swap streams on a side stream one block ahead: overlapped with compute; activation offload's
+        # copies are made in autograd's pack / unpack hooks: added
+        compute = fl["total"] / (inp.gpu_tflops * 1e12 * inp.mfu)
+        bw = (inp.memory.pcie_gbps if inp.memory is not None else 25.0) * 1e9
+        tr = mem["transfer"]
+        out["seconds_per_step"][key] = round(
+            max(compute, tr["swap_h2d"] / bw) + 2 * tr["offload_each_way"] / bw, 2
+        )
+        out["pcie_gb_per_step"][key] = {k: round(v / 1e9, 2) for k, v in tr.items()}
     return out
 
 
@@ -136,7 +150,21 @@ def format_plan(plan: dict) -> str:
             f"{plan['assumptions']['gpu_tflops']:.0f} TFLOP/s); fits in {plan['gpu_memory_gib']:g} GiB: "
             f"{'yes' if plan['fits'][key] else 'no'} ({plan['memory_gib'][key]['total']:.1f} GiB)"
         )
-    lines.append("  (* what the config runs: model.gradient_checkpointing)")
+    lines.append(
+        "  (* what the config runs: memory.gradient_checkpointing, else model.gradient_checkpointing)"
+    )
+    m = plan.get("memory")
+    if m:
+        lines.append(
+            f"  memory={m['name']}: frozen weights {m['frozen_bytes']} B"
+            + (", fp8 block Linears" if m["fp8"] else "")
+            + (f", {m['block_swap']} blocks swapped" if m["block_swap"] else "")
+            + ("" if m["text_encoder_resident"] else ", text encoder off the GPU")
+            + ("" if m["vae_resident"] else ", VAE off the GPU")
+            + (", activations offloaded" if m["activation_offload"] else "")
+            + f"; PCIe {m['pcie_gbps']:g} GB/s, per step (ckpt): "
+            + ", ".join(f"{k} {v:g} GB" for k, v in plan["pcie_gb_per_step"]["checkpointing"].items())
+        )
     for note in plan["notes"]:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
