@@ -488,6 +488,9 @@ def _check_memory(cfg: DictConfig) -> None:
         )
         precision = _get(cfg, "trainer.precision")
         mem.frozen("32-true" if precision in (_MISSING, None) else precision, fsdp=fsdp)
+        if fsdp and (mem.fp8_frozen or mem.block_swap):
+            key = "fp8_frozen" if mem.fp8_frozen else "block_swap"
+            _err(f"memory.{key}: not with trainer=fsdp (FSDP shards and gathers the weights itself)")
 
 
 def check_train_config(cfg: DictConfig) -> None:

@@ -40,7 +40,7 @@ from wan2.lightning.reliability import (
     check_sharded_checkpoint,
     safe_torch_load,
 )
-from wan2.memory.apply import apply_memory
+from wan2.memory.apply import MemoryPlacement, apply_memory
 from wan2.memory.config import MemoryConfig
 from wan2.run_config import check_resume_config, record_training_config, use_job_dir
 
@@ -190,6 +190,18 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     return module
 
 
+def memory_callbacks(cfg: DictConfig) -> list:
+    """``MemoryPlacement`` when ``memory.block_swap`` swaps blocks (it needs the module on its device)."""
+    block_swap = memory_settings(cfg).block_swap
+    return [MemoryPlacement(block_swap)] if block_swap else []
+
+
+def compute_device(accelerator) -> str:
+    """``cuda`` when the trainer's accelerator runs on a CUDA GPU here, else ``cpu``."""
+    gpu = str(accelerator) in ("gpu", "cuda") or (str(accelerator) == "auto" and torch.cuda.is_available())
+    return "cuda" if gpu else "cpu"
+
+
 def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Path) -> dict:
     """Rank 0 writes the export. Under FSDP2 every rank first gathers the whole state dict (a collective) and
     rank 0 exports from an unsharded copy of the module built as the run built it."""
@@ -214,6 +226,11 @@ def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     validate(cfg)
     check_fits(cfg)  # the planner's verdict for this GPU, before any weight loads
+    if memory_settings(cfg).fp8_frozen:  # can this device hold and upcast e4m3 weights (a probe)
+        from wan2.memory.fp8 import fp8_problem
+
+        if (problem := fp8_problem(compute_device(cfg.trainer.get("accelerator")))) is not None:
+            raise ConfigError(f"memory.{problem}")
     use_job_dir(cfg)  # -m: this job's own folder under hydra.sweep.dir
     _share_run_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)
@@ -234,6 +251,7 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [LogStep()]  # first: the loggers' step is right before anything logs (resumed runs)
     callbacks += [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += reliability_callbacks(cfg, out_dir)
+    callbacks += memory_callbacks(cfg)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     # FSDP writes sharded checkpoint directories itself (no CheckpointIO): atomic single files otherwise
     plugins = [] if is_fsdp(cfg.trainer.get("strategy")) else [AtomicCheckpointIO()]
