@@ -16,7 +16,7 @@ from tests.conftest import compose_cfg
 from wan2.config_check import ConfigError, check_train_config
 from wan2.memory.activations import set_activation_offload
 from wan2.memory.frozen import keep_fp32
-from wan2.tasks import build_module
+from wan2.tasks import build_module, memory_callbacks
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -218,21 +218,59 @@ def test_fp8_frozen_stores_the_lora_base_in_fp8_and_keeps_the_adapters():
         assert abs(a - b) <= 1e-2 * abs(a), (ref, got)
 
 
-def test_block_swap_callback_gives_identical_losses():
-    from wan2.memory.apply import MemoryPlacement
-    from wan2.tasks import memory_callbacks
+def test_block_swap_placement_gives_identical_losses_and_survives_the_module_move():
+    from wan2.memory.apply import MemoryPlacement, place
 
-    assert memory_callbacks(compose_cfg(["memory.block_swap=0"])) == []
     (placement,) = memory_callbacks(compose_cfg(["memory.block_swap=2"]))
     assert isinstance(placement, MemoryPlacement) and placement.block_swap == 2
+    assert not placement.text_encoder_off and not placement.vae_off  # no caches in this config
     ref = lora_losses(lora_module(), steps=3)
     module = lora_module()
-    placement.on_fit_start(None, module)
-    (swap,) = placement.swaps
+    (swap,) = place(module, "cpu", 2, text_encoder_off=False, vae_off=False)
     assert swap.first == len(module.transformer.blocks) - 2 and swap.handles
+    # Lightning's placement (module.to) leaves the swapped blocks' frozen weights alone, moves the adapters
+    module.to(torch.float64)
+    frozen = [p.dtype for p in module.transformer.blocks[-1].parameters() if not p.requires_grad]
+    trained = [p.dtype for p in module.transformer.blocks[-1].parameters() if p.requires_grad]
+    assert set(frozen) == {torch.float32} and set(trained) == {torch.float64}
+    module.to(torch.float32)
     assert lora_losses(module, steps=3) == ref  # bitwise: only where the frozen weights live changes
-    placement.on_fit_end(None, module)
-    assert not placement.swaps and not swap.handles
+
+
+def test_encoders_stay_in_cpu_memory_and_are_borrowed_for_each_call(monkeypatch):
+    import contextlib
+
+    import wan2.memory.offload as offload
+    from wan2.memory.apply import place
+
+    cfg = ["objective=lora", "data=rankjump_latents", "data.cache_text=true"]
+    (placement,) = memory_callbacks(compose_cfg(cfg))
+    assert placement.text_encoder_off and placement.vae_off
+    (placement,) = memory_callbacks(compose_cfg([*cfg, "memory.encoders_on_device=always"]))
+    assert not placement.text_encoder_off and not placement.vae_off
+
+    module = lora_module()
+    bb = module.backbone
+    place(module, "cpu", 0, text_encoder_off=True, vae_off=True)
+    module.to(torch.float64)  # Lightning's placement: the text encoder is not moved
+    assert {p.dtype for p in bb.text_encoder.parameters()} == {torch.float32}
+    assert {p.dtype for p in module.transformer.parameters()} == {torch.float64}
+    module.to(torch.float32)
+
+    borrowed = []
+
+    @contextlib.contextmanager
+    def record(m, device, home="cpu"):  # on_device without the move (a CPU has no second device)
+        borrowed.append((type(m).__name__, str(device), str(home)))
+        yield m
+
+    monkeypatch.setattr(offload, "on_device", record)
+    bb.compute_device = torch.device("meta")  # "the GPU": what each call borrows its encoder onto
+    emb = bb.encode_prompts(["red climbs to #1"])
+    assert borrowed == [("UMT5EncoderModel", "meta", "cpu")] and emb.device.type == "cpu"
+    c, f, h, w = bb.latent_shape(5, 32, 32)
+    video = bb.decode_latents(torch.randn(1, c, f, h, w))
+    assert borrowed[1:] == [("AutoencoderKLWan", "meta", "cpu")] and video.shape[:2] == (1, 3)
 
 
 def test_presets_compose():

@@ -191,9 +191,15 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
 
 
 def memory_callbacks(cfg: DictConfig) -> list:
-    """``MemoryPlacement`` when ``memory.block_swap`` swaps blocks (it needs the module on its device)."""
-    block_swap = memory_settings(cfg).block_swap
-    return [MemoryPlacement(block_swap)] if block_swap else []
+    """``MemoryPlacement``: block swap and the encoders' place on a GPU run (``wan2.memory.apply.place``). The
+    encoders stay in CPU memory under ``encoders_on_device=auto`` when the caches feed training (as the planner
+    counts: the text encoder with ``data.cache_text`` and frozen, the VAE with a latent cache)."""
+    mem = memory_settings(cfg)
+    auto = mem.encoders_on_device == "auto"
+    data, objective = cfg.get("data") or {}, cfg.get("objective") or {}
+    text_off = auto and bool(data.get("cache_text", False)) and not objective.get("train_text_encoder", False)
+    vae_off = auto and "cache_dir" in data
+    return [MemoryPlacement(mem.block_swap, text_encoder_off=text_off, vae_off=vae_off)]
 
 
 def compute_device(accelerator) -> str:

@@ -47,6 +47,9 @@ class WanBackbone:
     text_len: int = 512  # max_sequence_length used when encoding prompts (also at inference)
     expand_timesteps: bool = False  # per-token timesteps, as WanPipeline(expand_timesteps=True) (Wan2.2 TI2V)
     extra: dict = field(default_factory=dict)
+    # where the text encoder and VAE compute when they live elsewhere between calls (wan2.memory.apply: kept in
+    # CPU memory on a GPU run, borrowed onto the GPU for each call); None: compute where they are
+    compute_device: Any = None
 
     # -- geometry ---------------------------------------------------------------------------------------
     @property
@@ -91,11 +94,23 @@ class WanBackbone:
         )
         return out.input_ids, out.attention_mask
 
+    def borrowed(self, module: torch.nn.Module):
+        """``module`` (text encoder or VAE) for one call: on ``compute_device`` for the call and back where it
+        was after it when it lives elsewhere (``wan2.memory.offload.on_device``); else as it is."""
+        home = next(module.parameters()).device
+        if self.compute_device is None or torch.device(self.compute_device) == home:
+            return contextlib.nullcontext(module)
+        from wan2.memory.offload import on_device
+
+        return on_device(module, self.compute_device, home=home)
+
     def embed_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """UMT5 hidden states with padding positions zeroed: (B, text_len, text_dim), as WanPipeline."""
-        dev = next(self.text_encoder.parameters()).device
-        hidden = self.text_encoder(ids.to(dev), mask.to(dev)).last_hidden_state  # (B, L, D)
-        return hidden * mask.to(dev)[..., None].to(hidden.dtype)
+        """UMT5 hidden states with padding positions zeroed: (B, text_len, text_dim), as WanPipeline; on the
+        device of ``ids`` (the text encoder computes where it is, or borrowed onto ``compute_device``)."""
+        with self.borrowed(self.text_encoder) as encoder:
+            dev = next(encoder.parameters()).device
+            hidden = encoder(ids.to(dev), mask.to(dev)).last_hidden_state  # (B, L, D)
+            return (hidden * mask.to(dev)[..., None].to(hidden.dtype)).to(ids.device)
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         return self.embed_tokens(*self.tokenize(prompts))
@@ -108,17 +123,22 @@ class WanBackbone:
         return mean.view(1, c, 1, 1, 1), std.view(1, c, 1, 1, 1)
 
     def encode_video(self, video: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        """Video (B, 3, F, H, W) in [-1, 1] -> normalised latents (B, C, F', H', W') the denoiser sees."""
-        dist = self.vae.encode(video).latent_dist
-        z = dist.sample() if sample else dist.mode()
-        mean, std = self._latent_stats(z)
-        return (z - mean) / std
+        """Video (B, 3, F, H, W) in [-1, 1] -> normalised latents (B, C, F', H', W') the denoiser sees, on the
+        device of ``video`` (the VAE computes where it is, or borrowed onto ``compute_device``)."""
+        with self.borrowed(self.vae) as vae:
+            dist = vae.encode(video.to(vae.device)).latent_dist
+            z = dist.sample() if sample else dist.mode()
+            mean, std = self._latent_stats(z)
+            return ((z - mean) / std).to(video.device)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents -> video (B, 3, F, H, W) in [-1, 1], the inverse WanPipeline applies."""
-        mean, std = self._latent_stats(latents)
-        z = latents.to(self.vae.dtype) * std + mean
-        return self.vae.decode(z, return_dict=False)[0].clamp(-1, 1)
+        """Normalised latents -> video (B, 3, F, H, W) in [-1, 1], the inverse WanPipeline applies; on the
+        device of ``latents``."""
+        with self.borrowed(self.vae) as vae:
+            z = latents.to(vae.device)
+            mean, std = self._latent_stats(z)
+            z = z.to(vae.dtype) * std + mean
+            return vae.decode(z, return_dict=False)[0].clamp(-1, 1).to(latents.device)
 
     # -- diffusers --------------------------------------------------------------------------------------
     def pipeline(self) -> WanPipeline:

@@ -13,6 +13,7 @@ from wan2.memory.block_swap import BlockSwap
 from wan2.memory.config import MemoryConfig
 from wan2.memory.fp8 import store_frozen_linears_fp8
 from wan2.memory.frozen import cast_frozen
+from wan2.memory.offload import keep_off_device
 
 log = logging.getLogger("wan2")
 
@@ -51,21 +52,46 @@ def apply_memory(
 
 
 class MemoryPlacement(L.Callback):
-    """Block swap (``memory.block_swap``): once Lightning has put the module on its device (and restored a
-    checkpoint), the last ``block_swap`` blocks of each trained transformer keep their frozen weights in CPU
-    memory and are streamed in one block ahead of use (``wan2.memory.block_swap``)."""
+    """Where the weights of a GPU run live, set at ``setup``, before Lightning moves the module to its device:
+    block swap (``memory.block_swap``) and the encoders (``memory.encoders_on_device``, ``place``). On the CPU
+    every weight already lives in CPU memory and nothing is done."""
 
-    def __init__(self, block_swap: int) -> None:
-        self.block_swap = block_swap
-        self.swaps: list[BlockSwap] = []
+    def __init__(self, block_swap: int = 0, text_encoder_off: bool = False, vae_off: bool = False) -> None:
+        self.block_swap, self.text_encoder_off, self.vae_off = block_swap, text_encoder_off, vae_off
+        self.swaps: list[BlockSwap] | None = None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if self.block_swap and not self.swaps:
-            for _, t in pl_module.trained_experts():
-                self.swaps.append(BlockSwap.attach(t.blocks, self.block_swap, pl_module.device))
-            log.info("memory: %d blocks per transformer swapped from CPU memory", self.block_swap)
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        device = trainer.strategy.root_device
+        if stage != "fit" or self.swaps is not None or device.type == "cpu":
+            return
+        text_off = (
+            self.text_encoder_off and trainer.world_size == 1
+        )  # DDP wants every parameter on one device
+        self.swaps = place(pl_module, device, self.block_swap, text_off, self.vae_off)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
-        for swap in self.swaps:  # every block back on the device (export, a second fit)
-            swap.detach()
-        self.swaps = []
+
+def place(module, device, block_swap: int, text_encoder_off: bool, vae_off: bool) -> list[BlockSwap]:
+    """Put ``module``'s weights where the memory settings say, for compute on ``device``:
+
+    - the last ``block_swap`` blocks of each trained transformer: frozen weights in CPU memory, streamed in one
+      block ahead of use (``BlockSwap``; Lightning's later move of the module leaves them);
+    - the text encoder (``text_encoder_off``; it must be frozen): kept in CPU memory (Lightning's move leaves it)
+      and borrowed onto ``device`` for each call (``WanBackbone.borrowed``), e.g. validation's prompts;
+    - the VAE (not a submodule: Lightning never moves it): in CPU memory and borrowed for each encode / decode
+      with ``vae_off``, else moved to ``device`` for good.
+
+    Returns the block swaps (they stay attached: the export reads the weights through them)."""
+    backbone = module.backbone
+    backbone.compute_device = torch.device(device)
+    if text_encoder_off and backbone.text_encoder is not None:
+        keep_off_device(backbone.text_encoder)
+    if backbone.vae is not None and not vae_off:
+        backbone.vae.to(device)
+    swaps = (
+        [BlockSwap.attach(t.blocks, block_swap, device) for _, t in module.trained_experts()]
+        if block_swap
+        else []
+    )
+    if swaps:
+        log.info("memory: the last %d blocks of each trained transformer swapped from CPU memory", block_swap)
+    return swaps

@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wan2.memory.offload import allow_on_device, keep_off_device
+
 
 def in_backward() -> bool:
     """True while the autograd engine runs a backward (also during a checkpoint's recompute)."""
@@ -76,6 +78,7 @@ class BlockSwap:
             self.frozen[j] = pairs
             for t, master in pairs:
                 t.data = master  # evicted: the CPU master is the tensor's storage
+            keep_off_device(self.blocks[j])  # a later module.to(device) (Lightning's placement) leaves them
         self.handles = []
         for j, block in enumerate(self.blocks):
             self.handles.append(block.register_forward_pre_hook(self._pre_hook(j)))
@@ -94,6 +97,7 @@ class BlockSwap:
         self.handles = []
         for j in self.frozen:
             self._ensure(j)
+            allow_on_device(self.blocks[j])
         self.frozen, self.resident = {}, set()
 
     @staticmethod

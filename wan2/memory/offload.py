@@ -48,15 +48,45 @@ def offload_pipeline(pipe, offload: str, device) -> None:
         pipe.enable_sequential_cpu_offload(device=device)
 
 
+def keep_off_device(module: nn.Module) -> None:
+    """From now on ``module.to(...)`` / ``.cuda()`` / ``.half()`` (``Module._apply``, also when a parent module
+    is moved, as Lightning moves the LightningModule) leave ``module``'s frozen tensors where and what they are;
+    trainable parameters still follow. For modules kept in CPU memory between uses (block swap, the encoders).
+    ``on_device`` still moves the whole module; ``allow_on_device`` undoes this."""
+
+    def _apply(fn, recurse=True):
+        for p in module.parameters():
+            if p.requires_grad:
+                p.data = fn(p.data)
+                if p.grad is not None:
+                    p.grad.data = fn(p.grad.data)
+        return module
+
+    module._apply = _apply  # an instance attribute: Module._apply of the parent calls it for this child
+
+
+def allow_on_device(module: nn.Module) -> None:
+    """Undo ``keep_off_device``: ``module.to(...)`` moves everything again."""
+    module.__dict__.pop("_apply", None)
+
+
+def kept_off_device(module: nn.Module) -> bool:
+    return "_apply" in module.__dict__
+
+
 @contextlib.contextmanager
 def on_device(module: nn.Module | None, device, home="cpu") -> Iterator[nn.Module | None]:
     """``module`` on ``device`` inside the block and on ``home`` (the CPU) after it, also when the block raises.
-    None passes through (a component the stack does not have). The module should start on ``home``."""
+    None passes through (a component the stack does not have). The module should start on ``home``. A module
+    under ``keep_off_device`` is moved all the same (and stays under it)."""
     if module is None:
         yield None
         return
+    kept = module.__dict__.pop("_apply", None)
     try:
         module.to(device)  # a failure half way (out of memory) still sends every part back
         yield module
     finally:
         module.to(home)
+        if kept is not None:
+            module._apply = kept
