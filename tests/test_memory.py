@@ -193,6 +193,10 @@ def test_activation_offload_can_be_removed_and_survives_an_error():
             "memory.fp8_frozen: not with trainer=fsdp",
         ),
         (["memory.block_swap=1", "trainer=fsdp"], "memory.block_swap: not with trainer=fsdp"),
+        (
+            ["memory.block_swap=1", "trainer=ddp", "trainer.devices=2"],
+            "memory.block_swap: 1 needs one process",
+        ),
     ],
 )
 def test_bad_memory_settings_are_one_line_errors(overrides, message):

@@ -491,6 +491,13 @@ def _check_memory(cfg: DictConfig) -> None:
         if fsdp and (mem.fp8_frozen or mem.block_swap):
             key = "fp8_frozen" if mem.fp8_frozen else "block_swap"
             _err(f"memory.{key}: not with trainer=fsdp (FSDP shards and gathers the weights itself)")
+    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
+    world = (devices if _is_int(devices) and devices >= 1 else 1) * (nodes if _is_int(nodes) else 1)
+    if mem.block_swap and world > 1:
+        _err(
+            f"memory.block_swap: {mem.block_swap} needs one process (DDP keeps every parameter on its GPU; got "
+            f"{world} devices); allowed with several: 0"
+        )
 
 
 def check_train_config(cfg: DictConfig) -> None:
