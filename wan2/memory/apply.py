@@ -64,6 +64,8 @@ class MemoryPlacement(L.Callback):
         device = trainer.strategy.root_device
         if stage != "fit" or self.swaps is not None or device.type == "cpu":
             return
+        if not hasattr(pl_module, "trained_experts"):  # the VAE and in-domain encoder objectives
+            return
         text_off = (
             self.text_encoder_off and trainer.world_size == 1
         )  # DDP wants every parameter on one device
