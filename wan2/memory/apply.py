@@ -29,8 +29,11 @@ def apply_memory(
     transformer(s); frozen parameters stored in ``mem.frozen(precision)``, and the frozen Linear weights of the
     trained transformer(s) (the base under LoRA) in fp8 with ``mem.fp8_frozen`` (``wan2.tasks.train`` probes the
     device first). Block swap needs the module on its device: ``MemoryPlacement`` attaches it.
-    Returns what was done (for logs)."""
-    backbone = module.backbone
+    Returns what was done (for logs); nothing for a module without a Wan backbone (the VAE objective, the
+    in-domain encoder, a new objective of one's own)."""
+    backbone = getattr(module, "backbone", None)
+    if backbone is None or getattr(backbone, "transformer", None) is None:
+        return {}
     ckpt = mem.checkpointing(model_checkpointing)
     set_gradient_checkpointing(backbone, ckpt)
     trained = [m for _, m in module.trained_experts()] if hasattr(module, "trained_experts") else []
@@ -64,8 +67,8 @@ class MemoryPlacement(L.Callback):
         device = trainer.strategy.root_device
         if stage != "fit" or self.swaps is not None or device.type == "cpu":
             return
-        if not hasattr(pl_module, "trained_experts"):  # the VAE and in-domain encoder objectives
-            return
+        if not hasattr(pl_module, "trained_experts") or getattr(pl_module, "backbone", None) is None:
+            return  # the VAE and in-domain encoder objectives, a new objective of one's own
         text_off = (
             self.text_encoder_off and trainer.world_size == 1
         )  # DDP wants every parameter on one device
