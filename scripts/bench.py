@@ -578,6 +578,13 @@ def bench_distill(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------- memory (issue 16, CPU part)
+# mechanisms a CPU can show, measured on the TI2V-5B case: fp8 frozen Linears, no gradient checkpointing
+MEMORY_VARIANTS = {
+    "": {},
+    "_fp8": {"fp8": True},
+    "_no_ckpt": {"checkpointing": False},
+    "_fp8_no_ckpt": {"fp8": True, "checkpointing": False},
+}
 MEMORY_CASES = {  # name: (model config, blocks kept, frames, height, width): real width, reduced depth
     "ti2v_5b_2blocks_480p": ("wan22_ti2v_5b", 2, 121, 480, 832),  # 12,090 tokens
     "a14b_1block_480p": ("wan22_t2v_a14b", 1, 81, 480, 832),  # 32,760 tokens
@@ -621,11 +628,20 @@ class _LiveBytes:
 
 
 def memory_case(
-    model: str, blocks: int, frames: int, height: int, width: int, max_frames: int | None, bf16: bool
+    model: str,
+    blocks: int,
+    frames: int,
+    height: int,
+    width: int,
+    max_frames: int | None,
+    bf16: bool,
+    fp8: bool = False,
+    checkpointing: bool = True,
 ) -> dict:
-    """One LoRA step (rank 4, attention, checkpointing, AdamW) of the real transformer width with ``blocks``
-    blocks on the CPU: tensor bytes measured against the plan's lines. ``bf16``: bf16 autocast with the frozen
-    base stored in bf16 (``memory=80gb``); else fp32 (a CPU without bf16 matmuls runs them ~200x slower)."""
+    """One LoRA step (rank 4, attention, AdamW) of the real transformer width with ``blocks`` blocks on the CPU:
+    tensor bytes measured against the plan's lines. ``bf16``: bf16 autocast with the frozen base stored in bf16
+    (``memory=80gb``); else fp32 (a CPU without bf16 matmuls runs them ~200x slower). ``fp8``: the frozen block
+    Linears stored in fp8 (``memory.fp8_frozen``); ``checkpointing``: gradient checkpointing."""
     import torch
     from omegaconf import OmegaConf
 
@@ -654,7 +670,14 @@ def memory_case(
     add_lora(t, lora_config(rank=4, targets="attention"))
     if bf16:
         cast_frozen(t, "bf16")
-    t.enable_gradient_checkpointing()
+    if fp8:
+        from wan2.memory.fp8 import store_frozen_linears_fp8
+
+        store_frozen_linears_fp8(t)
+    if checkpointing:  # the real model configs turn it on already (model.gradient_checkpointing)
+        t.enable_gradient_checkpointing()
+    else:
+        t.disable_gradient_checkpointing()
     vae = cfg.vae
     clip = Clip(
         frames,
@@ -669,9 +692,11 @@ def memory_case(
     )
     prec, mem = (
         precision("bf16-mixed" if bf16 else "32-true"),
-        MemoryPlan("80gb", 2 if bf16 else 4, text_encoder_resident=False, vae_resident=False),
+        MemoryPlan("80gb", 2 if bf16 else 4, fp8=fp8, text_encoder_resident=False, vae_resident=False),
     )
-    plan = memory_per_gpu(shape, train, prec, clip, Parallel(), Components(shape.params), True, mem=mem)
+    plan = memory_per_gpu(
+        shape, train, prec, clip, Parallel(), Components(shape.params), checkpointing, mem=mem
+    )
     lines = plan["lines"]
     planned = lines["total"]  # overhead 0: the CPU has no CUDA context
     x0 = torch.randn(1, shape.in_channels, clip.latent_frames, *clip.latent_hw)
@@ -703,6 +728,8 @@ def memory_case(
         "clip": [frames, height, width],
         "tokens": clip.tokens,
         "precision": prec.name,
+        "fp8": fp8,
+        "checkpointing": checkpointing,
         "width": shape.dim,
         "planned_gib": round(planned / 2**30, 3),
         "measured_gib": round(measured / 2**30, 3),
@@ -722,8 +749,14 @@ def bench_memory(args: argparse.Namespace) -> dict:
     bf16 = bf16_autocast_supported(args.device)
     cases = []
     for name, spec in MEMORY_CASES.items():
-        _log(f"memory: {name} ...")
-        cases.append({"name": name, **memory_case(*spec, max_frames=max_frames, bf16=bf16)})
+        variants = MEMORY_VARIANTS if name == "ti2v_5b_2blocks_480p" else {"": {}}
+        for suffix, kw in variants.items():
+            if max_frames is None and not kw.get("checkpointing", True):
+                continue  # 2 blocks' activations of the full clip without checkpointing: ~17 GB of host memory
+            _log(f"memory: {name}{suffix} ...")
+            cases.append(
+                {"name": name + suffix, **memory_case(*spec, max_frames=max_frames, bf16=bf16, **kw)}
+            )
     return {"cases": cases}
 
 

@@ -305,5 +305,8 @@ def test_bench_memory_at_real_width_matches_the_plan(tmp_path):
     )
     cases = json.loads((tmp_path / "m.json").read_text())["memory"]["cases"]
     assert {c["width"] for c in cases} == {3072, 5120}
+    assert {(c["fp8"], c["checkpointing"]) for c in cases} == {
+        (f, k) for f in (False, True) for k in (False, True)
+    }
     for c in cases:
         assert 0.85 <= c["planned_gib"] / c["measured_gib"] <= 1.15, c

@@ -58,8 +58,9 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize(bits: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """e4m3 bits (out, in) and scales (out, 1) -> the weight (out, in) in ``dtype`` (scaled in fp32)."""
-    return (bits.view(FP8).float() * scale.float()).to(dtype)
+    """e4m3 bits (out, in) and scales (out, 1) -> the weight (out, in) in ``dtype``, scaled in place: one copy
+    of the weight in ``dtype`` is the only transient (e4m3 values are exact in bf16 and fp32)."""
+    return bits.view(FP8).to(dtype).mul_(scale.to(dtype))
 
 
 class Fp8LinearFunction(torch.autograd.Function):

@@ -278,8 +278,8 @@ def memory_plan(cfg, prec, par, text_cached: bool, latents_cached: bool, pcie_gb
         )
     if m.fp8_frozen:
         notes.append(
-            "memory.fp8_frozen: block Linear weights at 1 byte + an fp32 scale per output row; each is upcast "
-            "to bf16 for its layer, and that copy is kept for the backward pass of the block"
+            "memory.fp8_frozen: block Linear weights at 1 byte + an fp32 scale per output row; each layer "
+            "dequantizes its weight for its matmul only (one transient copy of the largest, none kept for backward)"
         )
     model_ckpt = bool(OmegaConf.select(cfg, "model.gradient_checkpointing", default=False))
     return mem, m.checkpointing(model_ckpt)

@@ -231,15 +231,24 @@ def memory_per_gpu(
     # AdamW: two moments in the parameters' dtype, and a 4-byte step per tensor
     lines["optimizer_adamw"] = 2 * trainable * pb / n + 4 * train.tensors
     lines["ema"] = FP32 * trainable if ema else 0  # EMA (wan2/lightning/ema.py) holds whole fp32 tensors
-    frozen_cast = fb == prec.param or mem.fp8  # fp32 frozen weights (or fp8 upcasts) are copied to bf16
+    # fp32 frozen weights are copied to bf16 by autocast and the copies kept for backward; an fp8 layer
+    # (wan2.memory.fp8) keeps none: it dequantizes its weight for the moment of each matmul
+    frozen_cast = fb == prec.param and not mem.fp8
     act = activation_memory(
         shape, train, prec, clip, checkpointing, par.fsdp, frozen_cast, mem.activation_offload
     )
-    lines["activations"] = act["peak"]
+    # fp8: one dequantized weight of the largest block Linear alive at a time, in the input's dtype (fp32 in the
+    # blocks' residual stream), plus autocast's bf16 copy of it
+    fp8_upcast = (
+        max(shape.role_weight(r) for r in BLOCK_LINEAR) * (FP32 + (prec.compute if prec.autocast else 0))
+        if mem.fp8
+        else 0
+    )
+    lines["activations"] = act["peak"] + fp8_upcast
     lines["overhead"] = overhead_gib * GiB
     adamw_step_tmp = trainable * pb / n  # foreach AdamW's step: sqrt(exp_avg_sq) of every tensor at once
     resident = sum(v for k, v in lines.items() if k != "activations")
-    lines["total"] = resident + max(act["peak"], adamw_step_tmp)
+    lines["total"] = resident + max(lines["activations"], adamw_step_tmp)
     # block swap: the swapped blocks of every expert that gets samples come in for the forward and again for
     # the backward (recompute and backward of a block share one load); frozen weights never go back
     routed = min(frozen_experts, clip.batch)
