@@ -2,8 +2,8 @@
 
 Under ``bf16-mixed`` autocast casts every frozen fp32 weight to bf16 again at each use, so an fp32 frozen base
 costs 6 bytes per weight during a step; stored in bf16 it costs 2 and computes the same bf16 matmuls. What is
-frozen: every parameter of the LightningModule that does not train (the LoRA base, an idle A14B expert, the
-teacher / real denoiser of distillation, the frozen text encoder), except the VAE, which stays fp32 (it is
+frozen: every parameter of the LightningModule that does not train (the LoRA base, the teacher / real denoiser
+of distillation, the frozen text encoder; an idle A14B expert is not a submodule and stays as loaded), except the VAE, which stays fp32 (it is
 small, and off the accelerator with the latent cache), and what diffusers itself keeps in fp32 in a bf16 Wan
 transformer (``_keep_in_fp32_modules``: time embedder, modulation tables, norms).
 """
