@@ -257,7 +257,6 @@ def test_kill_during_write_leaves_the_previous_file_whole(tmp_path, kind):
 
     target = tmp_path / ("last.ckpt" if kind == "ckpt" else "export")
     rng = random.Random(0)
-    kills = 0
     for _ in range(3):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, kind, str(target)],
@@ -270,7 +269,6 @@ def test_kill_during_write_leaves_the_previous_file_whole(tmp_path, kind):
         time.sleep(rng.uniform(0.0, 0.3))
         proc.kill()
         proc.wait()
-        kills += 1
         if kind == "ckpt":
             state = safe_torch_load(target)
             assert torch.equal(state["w"], torch.full((4_000_000,), float(state["version"])))
@@ -278,7 +276,6 @@ def test_kill_during_write_leaves_the_previous_file_whole(tmp_path, kind):
             version = int((target / "version.txt").read_text())
             w = load_file(str(target / "model.safetensors"))["w"]
             assert torch.equal(w, torch.full((4_000_000,), float(version)))
-    assert kills == 3
 
 
 # ----------------------------------------------------------------------------- 7: untrusted files

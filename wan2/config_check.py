@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -450,17 +450,28 @@ def _check_fsdp_ema(cfg: DictConfig) -> None:
     strategy = _get(cfg, "trainer.strategy")
     if not (isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("FSDP2Strategy")):
         return
-    ema, devices, nodes = (
-        _get(cfg, "objective.ema_decay"),
-        _get(cfg, "trainer.devices"),
-        _get(cfg, "trainer.num_nodes"),
-    )
-    world = (devices if _is_int(devices) and devices >= 1 else 1) * (nodes if _is_int(nodes) else 1)
+    ema, world = _get(cfg, "objective.ema_decay"), _world(cfg)
     if _is_num(ema) and ema > 0 and world > 1:
         _err(
             f"objective.ema_decay: {ema} needs whole weights, and trainer=fsdp shards them over {world} ranks "
             "(allowed with fsdp: 0 over several devices; trainer=ddp keeps the EMA)"
         )
+
+
+def _world(cfg: DictConfig) -> int:
+    """Processes of the run: ``trainer.devices x trainer.num_nodes`` (1 for what is not a count, e.g. auto)."""
+    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
+    return (devices if _is_int(devices) and devices >= 1 else 1) * (nodes if _is_int(nodes) else 1)
+
+
+def fsdp_strategy(strategy) -> bool:
+    """Whether a ``trainer.strategy`` value (a registry name or a ``_target_`` mapping) is FSDP (torch-free;
+    ``wan2.lightning.distributed.is_fsdp`` also takes strategy objects)."""
+    if isinstance(strategy, str):
+        return strategy.startswith("fsdp")
+    if isinstance(strategy, Mapping):
+        return str(strategy.get("_target_", "")).endswith(("FSDPStrategy", "FSDP2Strategy"))
+    return False
 
 
 def _check_memory(cfg: DictConfig) -> None:
@@ -481,18 +492,13 @@ def _check_memory(cfg: DictConfig) -> None:
     if isinstance(cfg.get("trainer"), DictConfig) and not OmegaConf.is_interpolation(
         cfg.trainer, "precision"
     ):
-        strategy = _get(cfg, "trainer.strategy")
-        fsdp = (
-            "fsdp"
-            in str(strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy).lower()
-        )
+        fsdp = fsdp_strategy(_get(cfg, "trainer.strategy"))
         precision = _get(cfg, "trainer.precision")
         mem.frozen("32-true" if precision in (_MISSING, None) else precision, fsdp=fsdp)
         if fsdp and (mem.fp8_frozen or mem.block_swap):
             key = "fp8_frozen" if mem.fp8_frozen else "block_swap"
             _err(f"memory.{key}: not with trainer=fsdp (FSDP shards and gathers the weights itself)")
-    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
-    world = (devices if _is_int(devices) and devices >= 1 else 1) * (nodes if _is_int(nodes) else 1)
+    world = _world(cfg)
     if mem.block_swap and world > 1:
         _err(
             f"memory.block_swap: {mem.block_swap} needs one process (DDP keeps every parameter on its GPU; got "

@@ -63,8 +63,8 @@ def check_fits(cfg: DictConfig, gpu_memory_gib: float | None = None) -> None:
     from wan2.plan import GiB, PlanError, plan_from_config
 
     if gpu_memory_gib is None:
-        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
-        if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
+        if compute_device(accelerator) != "cuda" or not torch.cuda.is_available():
             return
         gpu_memory_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB
     try:

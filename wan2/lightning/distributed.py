@@ -21,6 +21,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from wan2.compat import saves_distributed_checkpoint, set_model_parallel_sizes
+from wan2.config_check import fsdp_strategy
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -245,10 +246,8 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 
 def is_fsdp(strategy) -> bool:
     """Whether a ``trainer.strategy`` value (a registry name, a ``_target_`` mapping or a strategy) is FSDP."""
-    if isinstance(strategy, str):
-        return strategy.startswith("fsdp")
-    if isinstance(strategy, Mapping):
-        return str(strategy.get("_target_", "")).endswith(("FSDPStrategy", "FSDP2Strategy"))
+    if isinstance(strategy, str | Mapping):
+        return fsdp_strategy(strategy)
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(strategy, FSDPStrategy | FSDP2Strategy)
