@@ -231,7 +231,14 @@ def run(args: list[str]) -> None:
     env = train_env()
     env.pop("WAN2_RUN_DIR", None)  # set by the in-process runs; rank 0 passes its own to its ranks
     r = run_train(args, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, failure_summary(r.stderr)
+
+
+def failure_summary(stderr: str) -> str:
+    """Every rank's error lines (the first failure may be far above the tail), then the tail."""
+    lines = stderr.splitlines()
+    errors = [ln for ln in lines if "Error" in ln or "error:" in ln or "terminated with code" in ln]
+    return "\n".join(["error lines:", *errors[:40], "tail:", *lines[-40:]])
 
 
 def run_here(args: list[str]) -> None:

@@ -216,6 +216,7 @@ def _export(cfg: DictConfig, trainer: L.Trainer, module, datamodule, out_dir: Pa
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    trainer.strategy.barrier("wan2_export_gathered")  # no rank leaves while another still reads the gather
     if not trainer.is_global_zero:
         return {}
     whole = build_module(cfg)
@@ -288,6 +289,8 @@ def train(cfg: DictConfig) -> dict:
             record_train_run(out_dir / "export", train_run(out_dir, str(cfg.name)))
         if trainer.is_global_zero:  # the model cards get what only the run knows (wan2.export.card_info)
             write_model_cards(out_dir / "export", card_info(cfg, module, metrics, out_dir))
+    if trainer.world_size > 1:  # ranks 1.. outlive rank 0's export: none exits while the group may still talk
+        trainer.strategy.barrier("wan2_run_end")
     if trainer.is_global_zero:
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         for lg in loggers:  # the same summary keys in W&B, so runs compare side by side
