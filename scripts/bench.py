@@ -593,9 +593,16 @@ MEMORY_CASES = {  # name: (model config, blocks kept, frames, height, width): re
 
 class _LiveBytes:
     """Bytes of every tensor storage created while active (a TorchDispatchMode), peak over the ops; the
-    storages that existed before (weights, AdamW state, inputs) are counted once, outside."""
+    storages that existed before (weights, AdamW state, inputs) are counted once, outside.
 
-    def __init__(self, existing=()):
+    ``fake``: the ops run on FakeTensors (shapes, dtypes and the same allocations, no arithmetic), so a bf16
+    step is measured on a CPU whose bf16 matmuls are ~200x slower than fp32; ``tests/test_memory.py`` checks
+    that both ways count the same bytes."""
+
+    def __init__(self, existing=(), fake: bool = False):
+        from contextlib import ExitStack
+
+        from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.multiprocessing.reductions import StorageWeakRef
         from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -606,11 +613,25 @@ class _LiveBytes:
                 from torch.utils._pytree import tree_leaves
 
                 out = func(*args, **(kwargs or {}))
-                outer.track(tree_leaves(out))
+                if not func.is_view:  # a view shares its input's storage (a FakeTensor view does not show it)
+                    outer.track(tree_leaves(out))
                 return out
 
-        self.mode, self.live, self.cur, self.peak = Mode(), {}, 0, 0
+        self.fake = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        self.live, self.cur, self.peak = {}, 0, 0
         self.known = {StorageWeakRef(t.untyped_storage()) for t in existing}  # views of these are not new
+
+        class Both:  # the fake mode below the tracker: the tracker sees each op's (fake) outputs
+            def __enter__(s):
+                s.stack = ExitStack()
+                if outer.fake is not None:
+                    s.stack.enter_context(outer.fake)
+                s.stack.enter_context(Mode())
+
+            def __exit__(s, *exc):
+                return s.stack.__exit__(*exc)
+
+        self.mode = Both()
 
     def track(self, leaves) -> None:
         import torch
@@ -637,11 +658,13 @@ def memory_case(
     bf16: bool,
     fp8: bool = False,
     checkpointing: bool = True,
+    fake: bool = False,
 ) -> dict:
     """One LoRA step (rank 4, attention, AdamW) of the real transformer width with ``blocks`` blocks on the CPU:
     tensor bytes measured against the plan's lines. ``bf16``: bf16 autocast with the frozen base stored in bf16
     (``memory=80gb``); else fp32 (a CPU without bf16 matmuls runs them ~200x slower). ``fp8``: the frozen block
-    Linears stored in fp8 (``memory.fp8_frozen``); ``checkpointing``: gradient checkpointing."""
+    Linears stored in fp8 (``memory.fp8_frozen``); ``checkpointing``: gradient checkpointing; ``fake``: the
+    step runs on FakeTensors (the same allocations without arithmetic, see ``_LiveBytes``)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -711,7 +734,7 @@ def memory_case(
         v.nbytes for st in opt.state.values() for v in st.values() if torch.is_tensor(v)
     )
     state = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
-    live = _LiveBytes([*t.parameters(), *t.buffers(), *state, x0, cond, sigma])
+    live = _LiveBytes([*t.parameters(), *t.buffers(), *state, x0, cond, sigma], fake=fake)
     start = time.perf_counter()
     with live.mode:
         noise = torch.randn_like(x0)
@@ -730,9 +753,11 @@ def memory_case(
         "precision": prec.name,
         "fp8": fp8,
         "checkpointing": checkpointing,
+        "fake": fake,
         "width": shape.dim,
         "planned_gib": round(planned / 2**30, 3),
         "measured_gib": round(measured / 2**30, 3),
+        "measured_bytes": int(measured),
         "planned_over_measured": round(planned / measured, 3),
         "planned_activations_gib": round(lines["activations"] / 2**30, 3),
         "step_s": round(time.perf_counter() - start, 1),
@@ -756,6 +781,16 @@ def bench_memory(args: argparse.Namespace) -> dict:
             _log(f"memory: {name}{suffix} ...")
             cases.append(
                 {"name": name + suffix, **memory_case(*spec, max_frames=max_frames, bf16=bf16, **kw)}
+            )
+        if (
+            not bf16
+        ):  # the bf16 frozen base (memory=24gb / 80gb) on FakeTensors: the allocations, no arithmetic
+            _log(f"memory: {name}_bf16_fake ...")
+            cases.append(
+                {
+                    "name": name + "_bf16_fake",
+                    **memory_case(*spec, max_frames=max_frames, bf16=True, fake=True),
+                }
             )
     return {"cases": cases}
 
