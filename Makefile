@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-slow test-slurm bench eval lint format clean
+.PHONY: install demo test test-slow test-gpu test-slurm bench eval lint format clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ test: install
 
 test-slow: install
 	$(VENV)/bin/pytest -q -m slow
+
+test-gpu: install  # the GPU-marked tests (a torch with CUDA in the venv): block swap, offload, memory vs plan
+	$(VENV)/bin/pytest -q -m gpu -p no:xdist -rA tests
 
 test-slurm: install  # a real one-node SLURM cluster (as root: installs Debian's slurm-wlm and munge once)
 	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

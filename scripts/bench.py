@@ -659,12 +659,16 @@ def memory_case(
     fp8: bool = False,
     checkpointing: bool = True,
     fake: bool = False,
+    device: str = "cpu",
+    block_swap: int = 0,
 ) -> dict:
     """One LoRA step (rank 4, attention, AdamW) of the real transformer width with ``blocks`` blocks on the CPU:
     tensor bytes measured against the plan's lines. ``bf16``: bf16 autocast with the frozen base stored in bf16
     (``memory=80gb``); else fp32 (a CPU without bf16 matmuls runs them ~200x slower). ``fp8``: the frozen block
     Linears stored in fp8 (``memory.fp8_frozen``); ``checkpointing``: gradient checkpointing; ``fake``: the
-    step runs on FakeTensors (the same allocations without arithmetic, see ``_LiveBytes``)."""
+    step runs on FakeTensors (the same allocations without arithmetic, see ``_LiveBytes``). On ``device=cuda``
+    the measure is ``torch.cuda.max_memory_allocated`` over the step (weights, AdamW state and inputs are on the
+    GPU before it), and ``block_swap`` blocks stream from pinned CPU memory (``wan2.memory.block_swap``)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -701,6 +705,16 @@ def memory_case(
         t.enable_gradient_checkpointing()
     else:
         t.disable_gradient_checkpointing()
+    gpu = device.startswith("cuda")
+    if gpu:
+        from wan2.memory.block_swap import BlockSwap
+
+        t.to(device)
+        swap = BlockSwap.attach(t.blocks, block_swap, device) if block_swap else None  # noqa: F841 (hooks)
+    elif block_swap:
+        raise ValueError(
+            "block_swap: measured on a CUDA device only (on the CPU host and device are one memory)"
+        )
     vae = cfg.vae
     clip = Clip(
         frames,
@@ -715,16 +729,23 @@ def memory_case(
     )
     prec, mem = (
         precision("bf16-mixed" if bf16 else "32-true"),
-        MemoryPlan("80gb", 2 if bf16 else 4, fp8=fp8, text_encoder_resident=False, vae_resident=False),
+        MemoryPlan(
+            "80gb",
+            2 if bf16 else 4,
+            fp8=fp8,
+            block_swap=block_swap,
+            text_encoder_resident=False,
+            vae_resident=False,
+        ),
     )
     plan = memory_per_gpu(
         shape, train, prec, clip, Parallel(), Components(shape.params), checkpointing, mem=mem
     )
     lines = plan["lines"]
     planned = lines["total"]  # overhead 0: the CPU has no CUDA context
-    x0 = torch.randn(1, shape.in_channels, clip.latent_frames, *clip.latent_hw)
-    cond = torch.randn(1, 512, int(t.config.text_dim))
-    sigma = torch.rand(1)
+    x0 = torch.randn(1, shape.in_channels, clip.latent_frames, *clip.latent_hw, device=device)
+    cond = torch.randn(1, 512, int(t.config.text_dim), device=device)
+    sigma = torch.rand(1, device=device)
     opt = torch.optim.AdamW([p for p in t.parameters() if p.requires_grad], lr=1e-4)
     for p in opt.param_groups[0]["params"]:  # AdamW state exists, as after a first step
         p.grad = torch.zeros_like(p)
@@ -735,16 +756,21 @@ def memory_case(
     )
     state = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
     live = _LiveBytes([*t.parameters(), *t.buffers(), *state, x0, cond, sigma], fake=fake)
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with live.mode:
+    with contextlib.nullcontext() if gpu else live.mode:
         noise = torch.randn_like(x0)
         zt = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             pred = t(hidden_states=zt, timestep=sigma * 1000, encoder_hidden_states=cond, return_dict=False)[
                 0
             ]
         torch.nn.functional.mse_loss(pred.float(), noise - x0).backward()  # grads stay: counted in the peak
-    measured = resident + live.peak
+    if gpu:
+        torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() if gpu else resident + live.peak
     return {
         "model": model,
         "blocks": blocks,
@@ -754,6 +780,8 @@ def memory_case(
         "fp8": fp8,
         "checkpointing": checkpointing,
         "fake": fake,
+        "device": device,
+        "block_swap": block_swap,
         "width": shape.dim,
         "planned_gib": round(planned / 2**30, 3),
         "measured_gib": round(measured / 2**30, 3),
@@ -766,32 +794,45 @@ def memory_case(
 
 @section("memory")
 def bench_memory(args: argparse.Namespace) -> dict:
-    """Peak tensor memory of one LoRA step at the real models' width (reduced depth) on the CPU against the plan
-    (``memory=80gb``'s frozen bf16 base and checkpointing where the CPU has fast bf16 matmuls, else fp32; the CPU
-    is host and device, so no offload). ``--quick``:
-    17 frames (5 latent frames), ``--tiny``: 5 frames; the full size is heavy on a small CPU."""
+    """Peak memory of one LoRA step at the real models' width (reduced depth) against the plan (``memory=80gb``'s
+    frozen bf16 base and checkpointing where bf16 matmuls are fast, else fp32). On the CPU: tensor bytes (host and
+    device are one memory, so no offload; bf16 steps on FakeTensors where bf16 crawls). On ``--device cuda``:
+    ``torch.cuda.max_memory_allocated``, and block swap too (``tests/memory/test_gpu_plan.py``). ``--quick``: 17
+    frames (5 latent frames), ``--tiny``: 5 frames; the full size is heavy on a small CPU."""
     max_frames = 5 if args.tiny else 17 if args.quick else None
     bf16 = bf16_autocast_supported(args.device)
+    gpu = args.device.startswith("cuda")
     cases = []
+
+    def run(name: str, spec: tuple, **kw) -> None:
+        _log(f"memory: {name} ...")
+        model, blocks, *clip = spec
+        blocks = kw.pop("blocks", blocks)
+        cases.append(
+            {
+                "name": name,
+                **memory_case(model, blocks, *clip, max_frames=max_frames, device=args.device, **kw),
+            }
+        )
+
     for name, spec in MEMORY_CASES.items():
         variants = MEMORY_VARIANTS if name == "ti2v_5b_2blocks_480p" else {"": {}}
         for suffix, kw in variants.items():
-            if max_frames is None and not kw.get("checkpointing", True):
+            if max_frames is None and not kw.get("checkpointing", True) and not gpu:
                 continue  # 2 blocks' activations of the full clip without checkpointing: ~17 GB of host memory
-            _log(f"memory: {name}{suffix} ...")
-            cases.append(
-                {"name": name + suffix, **memory_case(*spec, max_frames=max_frames, bf16=bf16, **kw)}
-            )
+            run(name + suffix, spec, bf16=bf16, **kw)
         if (
             not bf16
         ):  # the bf16 frozen base (memory=24gb / 80gb) on FakeTensors: the allocations, no arithmetic
-            _log(f"memory: {name}_bf16_fake ...")
-            cases.append(
-                {
-                    "name": name + "_bf16_fake",
-                    **memory_case(*spec, max_frames=max_frames, bf16=True, fake=True),
-                }
-            )
+            run(name + "_bf16_fake", spec, bf16=True, fake=True)
+    if gpu:  # 4 of 6 blocks streamed from pinned CPU memory: the plan counts the two-block window on the GPU
+        run(
+            "ti2v_5b_6blocks_480p_swap4",
+            MEMORY_CASES["ti2v_5b_2blocks_480p"],
+            bf16=bf16,
+            blocks=6,
+            block_swap=4,
+        )
     return {"cases": cases}
 
 
