@@ -354,3 +354,36 @@ def test_config_check_takes_a_bucket_folder(folder, tmp_path):
     cfg = compose_cfg(["data=shards", f"data.train_shards={tmp_path}"])
     with pytest.raises(ConfigError, match="cannot read the manifest"):
         check_train_config(cfg)
+
+
+def test_latent_cache_per_bucket(folder, tmp_path, monkeypatch, capsys):
+    """``precompute.py --shards FOLDER`` writes one cache per bucket; the DataModule with ``cache_dir`` finds them
+    up to date (builds nothing) and trains on latents, a batch per bucket, each clip once."""
+    import wan2.data.cache as cache_mod
+    from tests.conftest import ROOT
+
+    script = load_script("scripts/precompute.py", "precompute")
+    vae = str(ROOT / "pretrained" / "vae_tiny")
+    out = tmp_path / "cache"
+    argv = ["--vae", vae, "--shards", str(folder.path), "--out", str(out), "--device", "cpu"]
+    assert script.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "wrote 5 clips of bucket 17x24x40" in text
+    assert sorted(p.name for p in out.iterdir()) == ["17x24x40", "17x32x32", "17x40x24", "5x32x32"]
+    assert script.main(argv) == 0 and capsys.readouterr().out.count("up to date") == 4
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("a bucket cache was built again")
+
+    monkeypatch.setattr(cache_mod, "build_latent_cache", no_rebuild)
+    backbone = script.load_encoders(vae, None, "cpu")
+    dm = VideoDataModule(str(folder.path), batch_size=2, num_workers=0, cache_dir=str(out))
+    dm.bind_backbone(backbone)
+    dm.prepare_data()
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 6 and all("video" not in b for b in batches)
+    # tiny VAE: 4x space, 2x time, 16 channels
+    shapes = {tuple(b["latents"].shape[1:]) for b in batches}
+    assert shapes == {(16, 9, 6, 10), (16, 9, 10, 6), (16, 9, 8, 8), (16, 3, 8, 8)}
+    index = sorted(i for b in batches for i in b["index"].tolist())
+    assert index == list(range(8))  # every clip once, global indices across buckets
