@@ -54,21 +54,28 @@ def index_shard(path: str, counter: BadSampleCounter | None = None) -> list[Entr
 
 
 class _Files:
-    """A few open shard files per process (reads seek to a member's offset)."""
+    """A few open shard files per process, read with ``os.pread`` (no shared file offset: a descriptor a
+    DataLoader worker inherits by fork cannot be moved under another process's read)."""
 
     def __init__(self, keep: int = 8):
-        self.keep, self.open = keep, OrderedDict()
+        self.keep, self.fds, self.pid = keep, OrderedDict(), os.getpid()
 
     def read(self, path: str, offset: int, size: int) -> bytes:
-        f = self.open.pop(path, None) or open(path, "rb")  # noqa: SIM115 (closed when evicted)
-        self.open[path] = f
-        while len(self.open) > self.keep:
-            self.open.popitem(last=False)[1].close()
-        f.seek(offset)
-        return f.read(size)
+        if self.pid != os.getpid():  # a forked worker: open its own
+            self.fds, self.pid = OrderedDict(), os.getpid()
+        fd = self.fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+        self.fds[path] = fd
+        while len(self.fds) > self.keep:
+            os.close(self.fds.popitem(last=False)[1])
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"{path}: {len(data)} of {size} bytes at {offset} (the shard was cut short)")
+        return data
 
-    def __getstate__(self):  # workers open their own files
-        return {"keep": self.keep, "open": OrderedDict()}
+    def __getstate__(self):  # a spawned worker opens its own
+        return {"keep": self.keep, "fds": OrderedDict(), "pid": -1}
 
 
 class TarBucket:
@@ -91,8 +98,12 @@ class TarBucket:
         return sample
 
     def load(self, i: int) -> dict:
-        """Raises ``BadSample`` for an unusable clip."""
-        return decode_sample(self.raw(i), self.spec)
+        """Raises ``BadSample`` for an unusable clip (``tar_error`` when its shard cannot be read)."""
+        try:
+            raw = self.raw(i)
+        except OSError as err:
+            raise BadSample("tar_error", f"{type(err).__name__}: {err}") from err
+        return decode_sample(raw, self.spec)
 
 
 class CachedBucket:

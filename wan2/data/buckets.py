@@ -179,6 +179,17 @@ def read_bucket_manifest(folder) -> dict:
     return m
 
 
+def largest_bucket(spec) -> Bucket | None:
+    """The bucket with the most pixels x frames of a bucketed folder (what memory is planned for), else None."""
+    if not is_bucket_folder(spec):
+        return None
+    try:
+        names = read_bucket_manifest(spec)["buckets"]
+    except ValueError:
+        return None
+    return max((Bucket.parse(n) for n in names), key=lambda b: (b.frames * b.height * b.width, b))
+
+
 def bucket_size_problem(manifest: dict, multiple: int, temporal: int) -> str | None:
     """Why a bucket of ``manifest`` does not fit a model (H, W multiples of ``multiple``, F = temporal k + 1)."""
     for name in sorted(manifest["buckets"]):

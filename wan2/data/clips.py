@@ -29,28 +29,40 @@ MAX_ASPECT = 8.0  # so is an aspect ratio beyond 8:1
 
 
 def cover_crop(frame, height: int, width: int) -> np.ndarray:
-    """A decoded ``av.VideoFrame`` -> uint8 (height, width, 3): scaled (swscale, Lanczos) to cover, centre-cropped."""
+    """A decoded ``av.VideoFrame`` -> uint8 (height, width, 3): scaled by swscale to cover, centre-cropped.
+
+    Downscaling averages areas (as good as Lanczos for shrinking, 2.5x faster on 1080p); upscaling is bicubic."""
     h, w = frame.height, frame.width
     scale = max(height / h, width / w)
     nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
-    img = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="LANCZOS").to_ndarray()
+    interpolation = "AREA" if scale < 1 else "BICUBIC"
+    img = frame.reformat(width=nw, height=nh, format="rgb24", interpolation=interpolation).to_ndarray()
     top, left = (nh - height) // 2, (nw - width) // 2
     return np.ascontiguousarray(img[top : top + height, left : left + width])  # (H, W, 3)
 
 
 class _Clip:
+    """One clip being filled: its target times and a preallocated uint8 (F, H, W, 3) buffer."""
+
     def __init__(self, index: int, start: float, t0: float, num_frames: int, fps: float):
         self.index, self.start = index, start
         self.targets = t0 + start + np.arange(num_frames) / fps  # (F,) seconds in the stream's clock
-        self.frames: list[np.ndarray] = []
+        self.buf: np.ndarray | None = None  # allocated when its first frame arrives
+        self.n = 0
+
+    def add(self, img: np.ndarray) -> None:
+        if self.buf is None:
+            self.buf = np.empty((len(self.targets), *img.shape), np.uint8)
+        self.buf[self.n] = img
+        self.n += 1
 
     @property
     def done(self) -> bool:
-        return len(self.frames) == len(self.targets)
+        return self.n == len(self.targets)
 
     @property
     def next_target(self) -> float:
-        return float(self.targets[len(self.frames)])
+        return float(self.targets[self.n])
 
 
 def stream_clips(
@@ -96,15 +108,15 @@ def stream_clips(
                 while not clip.done and t >= clip.next_target:
                     target = clip.next_target
                     near_prev = prev is not None and target - prev[0] < t - target
-                    clip.frames.append(take(prev[1] if near_prev else frame))
+                    clip.add(take(prev[1] if near_prev else frame))
             for clip in [c for c in clips if c.done]:
-                yield clip.index, clip.start, np.stack(clip.frames)
+                yield clip.index, clip.start, clip.buf
             clips = [c for c in clips if not c.done]
             if not clips:
                 break
             prev = (t, frame)
             ahead = min(c.next_target for c in clips)
-            if ahead - t > seek_gap and ahead > sought and all(not c.frames for c in clips):
+            if ahead - t > seek_gap and ahead > sought and all(c.n == 0 for c in clips):
                 sought = ahead  # jump to the keyframe before the next clip rather than decode the gap
                 container.seek(int((ahead - 0.5 / fps) / stream.time_base), stream=stream, backward=True)
                 frames, prev = container.decode(stream), None
@@ -112,8 +124,8 @@ def stream_clips(
             raise VideoDecodeError("no decodable frames")
         for clip in clips:  # the video ended: its last frame serves targets within half a clip frame
             while prev is not None and not clip.done and clip.next_target - prev[0] <= 0.5 / fps:
-                clip.frames.append(take(prev[1]))
-            yield clip.index, clip.start, np.stack(clip.frames) if clip.done else None
+                clip.add(take(prev[1]))
+            yield clip.index, clip.start, clip.buf if clip.done else None
     finally:
         container.close()
 
