@@ -25,6 +25,7 @@ from wan2.data.buckets import (
     bucket_size_problem,
     clip_starts,
     frame_buckets,
+    largest_bucket,
     nearest_size,
     plan_batches,
     read_bucket_manifest,
@@ -145,20 +146,31 @@ def test_stream_clips_picks_frames_at_the_target_fps(tmp_path):
     assert clips[2][2] is None  # 1.6 s + 4 frames at 8 fps ends 0.14 s after the last frame
 
 
-def test_stream_clips_seeks_over_gaps_and_stops_after_the_last_clip(tmp_path, monkeypatch):
+def test_stream_clips_seeks_over_gaps_and_stops_after_the_last_clip(tmp_path):
     import av
 
-    ramp(tmp_path / "long.mp4", 400, 32, 32, fps=20)  # 20 s; frame i is gray 5 * (i % 50)
-    seeks = []
-    real_seek = av.container.InputContainer.seek
+    def long_video(keyint: int) -> None:  # 20 s at 20 fps, a keyframe every ``keyint`` frames
+        with av.open(str(tmp_path / "long.mp4"), mode="w") as out:
+            stream = out.add_stream("libx264", rate=20)
+            stream.height = stream.width = 32
+            stream.options = {"x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0"}
+            for i in range(400):
+                img = np.full((32, 32, 3), 5 * (i % 50), np.uint8)
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            out.mux(stream.encode())
 
-    def seek(self, *args, **kwargs):
-        seeks.append(args)
-        return real_seek(self, *args, **kwargs)
-
-    monkeypatch.setattr(av.container.InputContainer, "seek", seek)
-    clips = list(stream_clips(tmp_path / "long.mp4", [0.0, 7.0, 14.0], 5, 4, 32, 32))
-    assert len(seeks) == 2  # the 7 s gaps are skipped, not decoded
+    long_video(400)  # one keyframe: seeking would go back to the start and decode it twice
+    stats = {}
+    clips = list(stream_clips(tmp_path / "long.mp4", [0.0, 7.0], 5, 4, 32, 32, stats=stats))
+    assert stats["seeks"] == 0 and stats["decoded"] == 161  # up to the last frame of the clip at 7-8 s
+    assert source_index(clips[1][2]) == [(140 + 5 * i) % 50 for i in range(5)]
+    long_video(12)  # a keyframe every 0.6 s
+    stats = {}
+    clips = list(stream_clips(tmp_path / "long.mp4", [0.0, 7.0, 14.0], 5, 4, 32, 32, stats=stats))
+    assert stats["seeks"] == 2  # over the 6 s gaps, to the keyframe before each clip
+    # 21 frames per clip plus at most a keyframe interval (12) before each sought clip; the rest of the 400
+    # frames (after 15 s) is never decoded
+    assert 63 <= stats["decoded"] <= 63 + 2 * 12 and stats["converted"] == 15
     for _, start, frames in clips:
         assert source_index(frames) == [(int(start * 20) + 5 * i) % 50 for i in range(5)]
 
@@ -347,6 +359,10 @@ def test_config_check_takes_a_bucket_folder(folder, tmp_path):
 
     cfg = compose_cfg(["data=shards", f"data.train_shards={folder.path}"])
     check_train_config(cfg)  # a folder with its manifest is a valid data.train_shards
+    assert largest_bucket(str(folder.path)) == Bucket(
+        17, 32, 32
+    )  # the most pixels x frames: what scripts/plan.py sizes memory for
+    assert largest_bucket(str(tmp_path)) is None
     cfg = compose_cfg(["data=shards", f"data.train_shards={folder.path}", "model=wan22_ti2v_5b"])
     with pytest.raises(ConfigError, match="17x24x40.*multiple of 32"):
         check_train_config(cfg)
@@ -387,3 +403,16 @@ def test_latent_cache_per_bucket(folder, tmp_path, monkeypatch, capsys):
     assert shapes == {(16, 9, 6, 10), (16, 9, 10, 6), (16, 9, 8, 8), (16, 3, 8, 8)}
     index = sorted(i for b in batches for i in b["index"].tolist())
     assert index == list(range(8))  # every clip once, global indices across buckets
+
+
+def test_bench_decode_section_at_tiny_size():
+    """``scripts/bench.py --only decode --tiny``: the keys, one clip per case, a peak RSS (never timings)."""
+    import argparse
+
+    bench = load_script("scripts/bench.py", "bench_script")
+    out = bench.SECTIONS["decode"](argparse.Namespace(tiny=True, quick=True))
+    assert out["file"]["frames"] == 60 and out["whole_file_decoded_uint8_mb"] > 0
+    assert [c["case"] for c in out["cases"]] == ["contiguous", "sparse_seek"]
+    for c in out["cases"]:
+        assert c["clips"] >= 1 and c["bucket"] == "17x64x112" and c["peak_rss_mb"] >= c["rss_before_mb"] > 0
+        assert c["decoded_frames_per_s"] > 0 and c["frames_scaled"] <= c["frames_decoded"] <= 60

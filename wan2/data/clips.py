@@ -2,8 +2,8 @@
 
 ``stream_clips`` decodes a video once, front to back, keeping only the frames the clips need (nearest source
 frame per target time) resized to the bucket: memory holds the clips being filled, never the whole file. Where
-the next clip starts more than ``seek_gap`` seconds ahead it seeks (to the keyframe before it) instead of
-decoding the gap, and it stops decoding after the last clip. ``ingest_buckets`` probes each video, picks its
+the next clip starts more than ``seek_gap`` seconds ahead it seeks (to the keyframe before it, when that lies
+ahead of the current frame) instead of decoding the gap, and it stops decoding after the last clip. ``ingest_buckets`` probes each video, picks its
 bucket (``wan2.data.buckets``), cuts its clips and writes them to one shard set per bucket with the folder's
 ``manifest.json`` written last; unusable videos are skipped and counted by reason.
 """
@@ -66,11 +66,21 @@ class _Clip:
 
 
 def stream_clips(
-    src, starts: list[float], num_frames: int, fps: float, height: int, width: int, seek_gap: float = 2.0
+    src,
+    starts: list[float],
+    num_frames: int,
+    fps: float,
+    height: int,
+    width: int,
+    seek_gap: float = 2.0,
+    stats: dict | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray | None]]:
     """Yield ``(clip index, start seconds from the first frame, uint8 (F, H, W, 3))`` per clip, in order of
     completion; ``None`` for a clip the video ends before (the last frame still serves targets within half a
-    clip frame after it). Raises ``VideoDecodeError``; decoding stops once every clip is complete."""
+    clip frame after it). Raises ``VideoDecodeError``; decoding stops once every clip is complete. ``stats``
+    (a dict) receives ``decoded`` (frames decoded), ``converted`` (frames scaled) and ``seeks``."""
+    stats = {} if stats is None else stats
+    stats.update(decoded=0, converted=0, seeks=0)
     container = _open(src)
     try:
         if not container.streams.video:
@@ -89,6 +99,7 @@ def stream_clips(
                 if f is frame:
                     return img
             img = cover_crop(frame, height, width)
+            stats["converted"] += 1
             resized[:] = [*resized[-1:], (frame, img)]
             return img
 
@@ -102,6 +113,7 @@ def stream_clips(
                 raise VideoDecodeError(f"decoding failed after {index} frames: {_one_line(err)}") from err
             t = float(frame.time) if frame.time is not None else (index / rate if rate else float(index))
             index += 1
+            stats["decoded"] += 1
             if index == 1:
                 clips = [_Clip(i, s, t, num_frames, fps) for i, s in enumerate(starts)]
             for clip in clips:
@@ -117,9 +129,14 @@ def stream_clips(
             prev = (t, frame)
             ahead = min(c.next_target for c in clips)
             if ahead - t > seek_gap and ahead > sought and all(c.n == 0 for c in clips):
-                sought = ahead  # jump to the keyframe before the next clip rather than decode the gap
-                container.seek(int((ahead - 0.5 / fps) / stream.time_base), stream=stream, backward=True)
-                frames, prev = container.decode(stream), None
+                sought = ahead
+                offset = int((ahead - 0.5 / fps) / stream.time_base)
+                key = _keyframe_at_or_before(src, offset)
+                if key is not None and key * stream.time_base > t + 1 / fps:
+                    # the keyframe before the next clip lies ahead: jump there rather than decode the gap
+                    stats["seeks"] += 1
+                    container.seek(offset, stream=stream, backward=True)
+                    frames, prev = container.decode(stream), None
         if index == 0:
             raise VideoDecodeError("no decodable frames")
         for clip in clips:  # the video ended: its last frame serves targets within half a clip frame
@@ -128,6 +145,24 @@ def stream_clips(
             yield clip.index, clip.start, clip.buf if clip.done else None
     finally:
         container.close()
+
+
+def _keyframe_at_or_before(src, offset: int) -> int | None:
+    """pts of the keyframe a backward seek to ``offset`` (stream time base) lands on, read by demuxing one
+    packet of a second handle; None when ``src`` is not a file path or that fails. A seek that would land
+    behind the current position (sparse keyframes) would decode those frames twice: it is not made."""
+    if not isinstance(src, (str, os.PathLike)):
+        return None
+    try:
+        with _open(src) as c:
+            stream = c.streams.video[0]
+            c.seek(offset, stream=stream, backward=True)
+            for packet in c.demux(stream):
+                if packet.pts is not None:
+                    return int(packet.pts)
+    except (VideoDecodeError, *_DECODE_ERRORS):
+        return None
+    return None
 
 
 # ----------------------------------------------------------------------------- writing one shard set per bucket
