@@ -264,6 +264,11 @@ def _check_bucket_folder(cfg: DictConfig, spec) -> bool:
     from wan2.data.buckets import bucket_size_problem, is_bucket_folder, read_bucket_manifest
 
     if not is_bucket_folder(spec):
+        if isinstance(spec, str) and Path(spec).is_dir():
+            _err(
+                f"data.train_shards: {spec!r} is a folder without manifest.json (a make_shards.py --buckets run "
+                "that did not finish?); allowed: a bucketed folder, .tar shards (a brace pattern or glob), a pipe: command"
+            )
         return False
     try:
         manifest = read_bucket_manifest(spec)

@@ -366,6 +366,9 @@ def test_config_check_takes_a_bucket_folder(folder, tmp_path):
     cfg = compose_cfg(["data=shards", f"data.train_shards={folder.path}", "model=wan22_ti2v_5b"])
     with pytest.raises(ConfigError, match="17x24x40.*multiple of 32"):
         check_train_config(cfg)
+    cfg = compose_cfg(["data=shards", f"data.train_shards={tmp_path}"])
+    with pytest.raises(ConfigError, match="folder without manifest.json"):
+        check_train_config(cfg)
     (tmp_path / "manifest.json").write_text("{not json")
     cfg = compose_cfg(["data=shards", f"data.train_shards={tmp_path}"])
     with pytest.raises(ConfigError, match="cannot read the manifest"):
