@@ -421,3 +421,49 @@ def test_bench_decode_section_at_tiny_size():
     for c in out["cases"]:
         assert c["clips"] >= 1 and c["bucket"] == "17x64x112" and c["peak_rss_mb"] >= c["rss_before_mb"] > 0
         assert c["decoded_frames_per_s"] > 0 and c["frames_scaled"] <= c["frames_decoded"] <= 60
+
+
+@pytest.mark.slow
+def test_train_lora_on_a_bucketed_folder_with_per_bucket_caches(folder, tmp_path):
+    """``train.py objective=lora ... data=shards data.train_shards=FOLDER data.cache_dir=... data.cache_text=true``
+    (the data/README command for the tiny stack): one epoch from latents, every clip once, one bucket per step,
+    bucket counts in metrics.json."""
+    from tests.conftest import ROOT, compose_cfg
+    from wan2.lightning.flow_module import FlowMatchingModule
+    from wan2.tasks import train
+
+    overrides = [
+        "objective=lora",
+        f"model.pretrained={ROOT / 'pretrained' / 'wan_tiny_base'}",
+        "data=shards",
+        f"data.train_shards={folder.path}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.cache_text=true",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "trainer.max_steps=6",  # one epoch: 3 batches of 17x24x40, one of each other bucket
+        "trainer.max_time=null",
+        "callbacks.progress=null",
+        "logger=csv",
+        "export.enabled=false",
+        "threads=1",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+    steps = []
+    original = FlowMatchingModule.training_step
+
+    def recording_step(self, batch, batch_idx):
+        steps.append((tuple(batch["latents"].shape[1:]), batch["index"].tolist(), "text_emb" in batch))
+        return original(self, batch, batch_idx)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FlowMatchingModule, "training_step", recording_step)
+        metrics = train(compose_cfg(overrides))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["data/bucket_17x24x40"] == 5 and saved["data/clips"] == 8 and saved["global_step"] == 6
+    assert metrics["global_step"] == len(steps) == 6
+    assert sorted(i for _, idx, _ in steps for i in idx) == list(range(8))  # every clip once
+    assert len({s for s, _, _ in steps}) == 4 and all(t for _, _, t in steps)  # 4 buckets, cached text
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        saved_b[len("data/bucket_") :] for saved_b in saved if saved_b.startswith("data/bucket_")
+    )
