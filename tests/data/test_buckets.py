@@ -175,6 +175,28 @@ def test_stream_clips_seeks_over_gaps_and_stops_after_the_last_clip(tmp_path):
         assert source_index(frames) == [(int(start * 20) + 5 * i) % 50 for i in range(5)]
 
 
+def test_phone_portrait_with_a_display_rotation_stays_portrait(tmp_path):
+    """Phones store portrait video as landscape frames plus a display matrix (-90 degrees): the clip is upright."""
+    import av
+
+    with av.open(str(tmp_path / "phone.mp4"), mode="w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height = 64, 36  # stored landscape
+        stream.set_display_rotation(-90)  # shown rotated 90 degrees clockwise: 36 wide, 64 tall
+        for _ in range(17):
+            img = np.zeros((36, 64, 3), np.uint8)
+            img[:18] = 255  # the stored top half is white: shown upright, the right half
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+    (tmp_path / "phone.txt").write_text("a phone recording")
+    summary = ingest_buckets(scan_folder(tmp_path), tmp_path / "out", SPEC, progress=False)
+    assert summary.manifest["buckets"] == {"17x40x24": 1}  # portrait
+    clip = index_folder(tmp_path / "out")["17x40x24"].load(0)
+    assert clip["meta"]["source_size"] == [64, 36] and clip["meta"]["rotation"] == 270
+    frame = clip["video"][:, 0]  # (3, 40, 24) in [-1, 1]
+    assert frame[:, :, 16:].mean() > 0.8 and frame[:, :, :8].mean() < -0.8  # white right, black left
+
+
 # ----------------------------------------------------------------------------- writing buckets
 
 

@@ -28,17 +28,42 @@ MAX_SIDE = 8192  # a frame side above this is an absurd size (skipped as bad_siz
 MAX_ASPECT = 8.0  # so is an aspect ratio beyond 8:1
 
 
+def rotation_steps(frame) -> int:
+    """Quarter turns counterclockwise (0-3) that show a frame upright: its display matrix (phones store portrait
+    video as landscape frames with a rotation of -90 degrees)."""
+    return round(float(getattr(frame, "rotation", 0) or 0) / 90) % 4
+
+
 def cover_crop(frame, height: int, width: int) -> np.ndarray:
-    """A decoded ``av.VideoFrame`` -> uint8 (height, width, 3): scaled by swscale to cover, centre-cropped.
+    """A decoded ``av.VideoFrame`` -> uint8 (height, width, 3) upright: scaled by swscale to cover, centre-cropped.
 
     Downscaling averages areas (as good as Lanczos for shrinking, 2.5x faster on 1080p); upscaling is bicubic."""
+    k = rotation_steps(frame)
+    th, tw = (width, height) if k % 2 else (height, width)  # the target before the rotation
     h, w = frame.height, frame.width
-    scale = max(height / h, width / w)
-    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     interpolation = "AREA" if scale < 1 else "BICUBIC"
     img = frame.reformat(width=nw, height=nh, format="rgb24", interpolation=interpolation).to_ndarray()
-    top, left = (nh - height) // 2, (nw - width) // 2
-    return np.ascontiguousarray(img[top : top + height, left : left + width])  # (H, W, 3)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    img = img[top : top + th, left : left + tw]
+    return np.ascontiguousarray(np.rot90(img, k) if k else img)  # (H, W, 3)
+
+
+def display_rotation(src) -> int:
+    """Quarter turns of the first frame's display matrix (0 when there is none or it cannot be read)."""
+    try:
+        container = _open(src)
+    except VideoDecodeError:
+        return 0
+    try:
+        for frame in container.decode(video=0):
+            return rotation_steps(frame)
+    except _DECODE_ERRORS:
+        return 0
+    finally:
+        container.close()
+    return 0
 
 
 class _Clip:
@@ -257,12 +282,14 @@ def video_clips(item: Item, spec: BucketSpec, summary: IngestSummary) -> Iterato
     except VideoDecodeError as err:
         summary.skip(item.path, "undecodable", str(err))
         return
-    if (problem := _size_problem(info.height, info.width)) is not None:
+    turns = display_rotation(item.path)
+    height, width = (info.width, info.height) if turns % 2 else (info.height, info.width)  # as displayed
+    if (problem := _size_problem(height, width)) is not None:
         summary.skip(item.path, "bad_size", problem)
         return
     src_step = 1 / info.fps if info.fps else 0.0
     available = info.duration - src_step + 0.5 / spec.fps  # the first frame to the last, plus half a frame
-    planned = spec.plan(info.height, info.width, available)
+    planned = spec.plan(height, width, available)
     if planned is None:
         need = (spec.frames[-1] - 1) / spec.fps
         summary.skip(
@@ -286,7 +313,8 @@ def video_clips(item: Item, spec: BucketSpec, summary: IngestSummary) -> Iterato
                 "start": start,
                 "fps": spec.fps,
                 "source_fps": info.fps,
-                "source_size": [info.height, info.width],
+                "source_size": [height, width],  # as displayed (after the display matrix's rotation)
+                "rotation": 90 * turns,
                 "bucket": bucket.name,
                 "num_frames": bucket.frames,
                 "height": bucket.height,
