@@ -274,9 +274,17 @@ def test_make_shards_buckets_with_caption_index(tmp_path, videos, capsys):
                       str(tmp_path / "o5b"), "--buckets", "--model", "wan22_ti2v_5b", "--frames", "17",
                       "--height", "64", "--width", "64", "--no-progress"])  # fmt: skip
     assert rc == 0 and read_bucket_manifest(tmp_path / "o5b")["buckets"] == {"17x64x64": 1}
-    with pytest.raises(SystemExit):
-        script.main(argv + ["--model", "no_such_model"])
-    assert "no model config" in capsys.readouterr().err
+    for bad, message in (
+        (["--model", "no_such_model"], "no model config"),
+        (["--max-clips", "0"], "--max-clips: 0 is below 1"),
+        (["--max-aspect", "0.5"], "--max-aspect: 0.5 is below 1"),
+        (["--clip-stride", "-1"], "--clip-stride: -1.0 is not positive"),
+        (["--prefix", "x"], "named after their bucket"),
+    ):
+        with pytest.raises(SystemExit):
+            script.main(argv + bad)
+        assert message in capsys.readouterr().err
+    assert read_bucket_manifest(out) == m  # the folder of the good run is untouched
     with pytest.raises(SystemExit):
         script.main(["--index", str(tmp_path / "captions.csv"), "--out", str(tmp_path / "x"), "--buckets"])
     assert "needs a header with columns 'path'" in capsys.readouterr().err
