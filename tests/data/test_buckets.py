@@ -497,3 +497,44 @@ def test_train_lora_on_a_bucketed_folder_with_per_bucket_caches(folder, tmp_path
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
         saved_b[len("data/bucket_") :] for saved_b in saved if saved_b.startswith("data/bucket_")
     )
+
+
+def test_resume_from_a_lightning_checkpoint_continues_the_epoch(folder, tmp_path):
+    """Stopped after 2 of 6 steps of epoch 0 and resumed from last.ckpt: the batches trained are those of one
+    uninterrupted run, across the epoch boundary (BucketLoader's state in the checkpoint)."""
+    import lightning as L
+
+    seen: list[list[str]] = []
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            seen.append(list(batch["key"]))
+            return (batch["video"].mean() - self.w).pow(2)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(steps: int, out, ckpt_path=None) -> list[list[str]]:
+        seen.clear()
+        trainer = L.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[
+                L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True, every_n_train_steps=1)
+            ],
+        )
+        dm = VideoDataModule(str(folder.path), batch_size=2, num_workers=0, seed=3)
+        trainer.fit(Tiny(), datamodule=dm, ckpt_path=ckpt_path)
+        return list(seen)
+
+    whole = fit(8, tmp_path / "whole")
+    first = fit(2, tmp_path / "cut")
+    rest = fit(8, tmp_path / "cut", ckpt_path=tmp_path / "cut" / "last.ckpt")
+    assert len(whole) == 8 and first + rest == whole
