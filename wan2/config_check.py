@@ -264,6 +264,11 @@ def _check_bucket_folder(cfg: DictConfig, spec) -> bool:
     from wan2.data.buckets import bucket_size_problem, is_bucket_folder, read_bucket_manifest
 
     if not is_bucket_folder(spec):
+        if spec not in (_MISSING, None) and _get(cfg, "data.cache_dir") not in (_MISSING, None):
+            _err(
+                f"data.cache_dir: {_get(cfg, 'data.cache_dir')!r} needs data.train_shards to be a bucketed folder "
+                "(make_shards.py --buckets); other shards are read as videos (data.cache_dir=null)"
+            )
         if isinstance(spec, str) and Path(spec).is_dir():
             _err(
                 f"data.train_shards: {spec!r} is a folder without manifest.json (a make_shards.py --buckets run "

@@ -398,6 +398,13 @@ def test_config_check_takes_a_bucket_folder(folder, tmp_path):
     cfg = compose_cfg(["data=shards", f"data.train_shards={folder.path}", "model=wan22_ti2v_5b"])
     with pytest.raises(ConfigError, match="17x24x40.*multiple of 32"):
         check_train_config(cfg)
+    shards = [f"data.train_shards={folder.path}/17x32x32-000000.tar", f"data.cache_dir={tmp_path}"]
+    with pytest.raises(
+        ConfigError, match="data.cache_dir: .* needs data.train_shards to be a bucketed folder"
+    ):
+        check_train_config(compose_cfg(["data=shards", *shards]))
+    with pytest.raises(ValueError, match="needs data.train_shards to be a bucketed folder"):
+        VideoDataModule(shards[0].split("=", 1)[1], cache_dir=str(tmp_path))
     cfg = compose_cfg(["data=shards", f"data.train_shards={tmp_path}"])
     with pytest.raises(ConfigError, match="folder without manifest.json"):
         check_train_config(cfg)

@@ -199,10 +199,8 @@ class ShardDataConfig(DataSettings):
         None  # samples per epoch (endless reshuffled stream); null: one pass over the shards
     )
     pin_memory: bool = False
-    cache_dir: str | None = None  # bucketed train_shards folder only: one latent cache per bucket under here
-    cache_text: bool = (
-        False  # with cache_dir: also cache text embeddings (only when the text encoder is frozen)
-    )
+    cache_dir: str | None = None  # a bucketed train_shards folder only: one latent cache per bucket in here
+    cache_text: bool = False  # with cache_dir: also cache text embeddings (a frozen text encoder only)
 
     def check(self, at: str) -> None:
         super().check(at)

@@ -231,6 +231,11 @@ class VideoDataModule(L.LightningDataModule):
         self.cache_dir, self.cache_text = c.cache_dir, c.cache_text
         self.counters: dict[str, BadSampleCounter] = {}
         self.bucketed = is_bucket_folder(self.train_shards)
+        if self.cache_dir and not self.bucketed:
+            raise ValueError(
+                f"data.cache_dir: {self.cache_dir!r} needs data.train_shards to be a bucketed folder "
+                f"(make_shards.py --buckets), not {self.train_shards!r}"
+            )
         self.backbone = None
         self._buckets = None  # bucket name -> TarBucket, indexed on first use
 
