@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between clip starts (default: one clip length)",
     )
     b.add_argument("--max-clips", type=int, default=8, help="clips per video at most")
+    b.add_argument(
+        "--workers", type=int, default=1, help="processes cutting videos (the shards are the same)"
+    )
     c = p.add_argument_group("captions")
     c.add_argument("--captions", metavar="FILE", help="with --videos: a .csv / .jsonl of captions by path")
     c.add_argument("--path-column", default="path", help="index column (JSONL field) holding the video path")
@@ -172,6 +175,7 @@ def _ingest_buckets(p: argparse.ArgumentParser, args, items) -> int:
         ("multiple", multiple, 1),
         ("max-clips", args.max_clips, 1),
         ("min-frames", args.min_frames, 1),
+        ("workers", args.workers, 1),
     ):
         if v < low:
             p.error(f"--{name}: {v} is below {low}")
@@ -192,7 +196,9 @@ def _ingest_buckets(p: argparse.ArgumentParser, args, items) -> int:
         clip_stride=args.clip_stride,
         max_clips=args.max_clips,
     )
-    summary = ingest_buckets(items, args.out, spec, shard_size=args.shard_size, progress=not args.no_progress)
+    summary = ingest_buckets(
+        items, args.out, spec, shard_size=args.shard_size, progress=not args.no_progress, workers=args.workers
+    )
     print(summary.report())
     if summary.written:
         print(f"shards: {args.out} (train with: data=shards data.train_shards={args.out})")

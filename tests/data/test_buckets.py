@@ -232,6 +232,16 @@ def test_mixed_videos_go_to_their_buckets(folder):
     assert portrait["video"].shape == (3, 17, 40, 24) and portrait["meta"]["source_size"] == [64, 36]
 
 
+def test_two_worker_processes_write_the_same_shards(folder, videos, tmp_path):
+    """``--workers 2``: videos cut in 2 processes, clips written in the same order: identical shards."""
+    summary = ingest_buckets(scan_folder(videos), tmp_path, SPEC, shard_size=2, progress=False, workers=2)
+    one, two = read_bucket_manifest(folder.path), read_bucket_manifest(tmp_path)
+    assert two["buckets"] == one["buckets"] and two["skipped"] == one["skipped"] and summary.videos == 5
+    for files in one["shards"].values():
+        for f in files:
+            assert (tmp_path / f).read_bytes() == (folder.path / f).read_bytes()
+
+
 def test_rewrite_removes_stale_buckets_and_a_failed_run_leaves_no_manifest(tmp_path, videos, monkeypatch):
     import wan2.data.clips as clips
 

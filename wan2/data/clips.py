@@ -331,31 +331,65 @@ def video_clips(item: Item, spec: BucketSpec, summary: IngestSummary) -> Iterato
         summary.videos += 1
 
 
+def _cut_video(job: tuple[Item, BucketSpec]) -> tuple[list[tuple[Bucket, dict]], IngestSummary]:
+    """One video's clips and what it skipped (a worker process's job: a whole video, in order)."""
+    item, spec = job
+    summary = IngestSummary()
+    return list(video_clips(item, spec, summary)), summary
+
+
 def ingest_buckets(
-    items: list[Item], out_dir, spec: BucketSpec, *, shard_size: int = 1000, progress: bool = True
+    items: list[Item],
+    out_dir,
+    spec: BucketSpec,
+    *,
+    shard_size: int = 1000,
+    progress: bool = True,
+    workers: int = 1,
 ) -> IngestSummary:
-    """Cut every usable video into bucketed clips under ``out_dir``; returns what was written and skipped."""
+    """Cut every usable video into bucketed clips under ``out_dir``; returns what was written and skipped.
+
+    With ``workers > 1`` videos are decoded and encoded in that many processes; clips are written in the
+    order of ``items`` all the same, so the shards do not depend on the number of workers.
+    """
+    import multiprocessing
+
     from tqdm import tqdm
 
     summary = IngestSummary()
+    usable, seen = [], set()
+    for item in items:
+        if not os.path.exists(item.path):
+            summary.skip(item.path, "not_found")
+        elif not item.caption:
+            summary.skip(item.path, "missing_caption")
+        elif item.key in seen:
+            summary.skip(item.path, "duplicate")
+        else:
+            seen.add(item.key)
+            usable.append(item)
     writer = BucketWriter(out_dir, shard_size)
-    seen: set[str] = set()
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
-        for item in tqdm(items, desc="ingest", unit="video", disable=not progress):
-            if not os.path.exists(item.path):
-                summary.skip(item.path, "not_found")
-            elif not item.caption:
-                summary.skip(item.path, "missing_caption")
-            elif item.key in seen:
-                summary.skip(item.path, "duplicate")
-            else:
-                seen.add(item.key)
-                for bucket, sample in video_clips(item, spec, summary):
-                    writer.write(bucket, sample)
-                    summary.written += 1
+        jobs = ((item, spec) for item in usable)
+        if pool is None:  # one video at a time, its clips streamed to the shards
+            results = ((video_clips(item, spec, summary), None) for item, spec in jobs)
+        else:
+            results = pool.imap(_cut_video, jobs)
+        for clips, part in tqdm(
+            results, total=len(usable), desc="ingest", unit="video", disable=not progress
+        ):
+            for bucket, sample in clips:
+                writer.write(bucket, sample)
+                summary.written += 1
+            if part is not None:
+                summary.merge(part)
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if pool is not None:
+            pool.terminate()
     info = {
         "source": "ingest",
         "fps": spec.fps,

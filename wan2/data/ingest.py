@@ -49,6 +49,12 @@ class IngestSummary:
         if len(self.examples) < 50:
             self.examples.append((path, reason, message))
 
+    def merge(self, other: IngestSummary) -> None:
+        """Add another summary's skips and video count (a worker's part of a bucketed ingest)."""
+        self.skipped.update(other.skipped)
+        self.examples += other.examples[: max(0, 50 - len(self.examples))]
+        self.videos += other.videos
+
     def report(self) -> str:
         """A short multi-line text: written, skipped per reason, and a few examples."""
         lines = [f"written: {self.written} clips in {self.manifest.get('num_shards', 0)} shards"]
