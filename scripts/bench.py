@@ -4,6 +4,7 @@
   python scripts/bench.py --only data --quick --out bench.json
   python scripts/bench.py --only train --tiny     # smallest sizes: a smoke run (tests/test_bench.py)
   python scripts/bench.py --only memory --quick   # one LoRA step at the real widths, peak memory vs the plan
+  python scripts/bench.py --only decode           # bucketed clips from a generated 1080p 30 s file: speed, peak RSS
 
 Sections are registered in ``SECTIONS`` (name -> function(args) -> dict); add yours with ``@section``.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {}
-OPT_IN = {"memory"}  # heavy at full size on a small CPU: only with --only memory
+OPT_IN = {"memory", "decode"}  # heavy at full size on a small CPU: only with --only
 
 
 def section(name: str):
@@ -161,6 +162,155 @@ def bench_data(args: argparse.Namespace) -> dict:
         "loader": bench_loader(num_clips=n, batch_size=min(8, n), num_workers=args.num_workers),
         "cache_step": bench_cache_step(batch_size=batch, steps=steps, device=args.device),
     }
+
+
+# ----------------------------------------------------------------------------- decode (issue 19)
+
+
+def write_long_video(path: Path, height: int, width: int, seconds: float, fps: int = 30) -> int:
+    """Encode a moving test pattern frame by frame (never the whole clip in memory); returns the frame count."""
+    import av
+    import numpy as np
+
+    n = int(round(seconds * fps))
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)), (xx + yy) % 256], -1)
+    base = base.astype(np.uint8)  # (H, W, 3)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "23", "g": str(2 * fps)}  # a keyframe every 2 s
+        for i in range(n):
+            img = np.roll(base, 8 * i, axis=1)
+            img[(i * 7) % height :: 97] = 255  # a moving line: frames differ everywhere
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return n
+
+
+class _PeakRSS:
+    """Highest current RSS (MiB) seen by a sampling thread while the ``with`` block runs."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def bench_decode_case(path: Path, spec, frames_in_file: int, file_fps: int, label: str) -> dict:
+    """Cut ``path`` into the clips ``spec`` plans (``stream_clips``): wall time, frames decoded and scaled per
+    second, peak RSS (a sampling thread) above the RSS before."""
+    import gc
+
+    from wan2.data.clips import stream_clips
+    from wan2.data.video import probe
+
+    info = probe(path)
+    bucket, starts = spec.plan(info.height, info.width, info.duration - 1 / info.fps + 0.5 / spec.fps)
+    gc.collect()
+    base = _rss_mb()
+    stats: dict = {}
+    with _PeakRSS() as rss:
+        t0 = time.perf_counter()
+        clips = stream_clips(path, starts, bucket.frames, spec.fps, bucket.height, bucket.width, stats=stats)
+        clips = sum(1 for _, _, f in clips if f is not None)
+        wall = time.perf_counter() - t0
+    clip_mb = bucket.frames * bucket.height * bucket.width * 3 / 2**20
+    _log(
+        f"decode {label}: {clips} clips of {bucket.name} in {wall:.1f}s, peak RSS +{rss.peak - base:.0f} MiB"
+    )
+    return {
+        "case": label,
+        "bucket": bucket.name,
+        "clips": clips,
+        "clip_starts_s": starts,
+        "wall_s": round(wall, 3),
+        "frames_decoded": stats["decoded"],
+        "frames_scaled": stats["converted"],
+        "seeks": stats["seeks"],
+        "decoded_frames_per_s": round(stats["decoded"] / wall, 1),
+        "clip_frames_per_s": round(clips * bucket.frames / wall, 1),
+        "file_seconds_per_s": round(frames_in_file / file_fps / wall, 3),  # the whole file's length / wall
+        "rss_before_mb": round(base, 1),
+        "peak_rss_mb": round(rss.peak, 1),
+        "peak_rss_increase_mb": round(rss.peak - base, 1),
+        "one_clip_uint8_mb": round(clip_mb, 1),
+    }
+
+
+@section("decode")
+def bench_decode(args: argparse.Namespace) -> dict:
+    """Bucketed clips from a long high-resolution file generated here (1080p, 30 s, 30 fps; ``--quick`` 720p
+    10 s; ``--tiny`` 320x180 2 s): decode throughput and the peak RSS while decoding, against the size the whole
+    file would take decoded. Cases: contiguous 81-frame clips of the 5B's 480p buckets (the whole file is
+    decoded) and the same clips 10 s apart (``stream_clips`` seeks over the gaps)."""
+    import av
+
+    from wan2.data.buckets import BucketSpec
+
+    h, w, secs, fps = (
+        (180, 320, 2, 30) if args.tiny else (720, 1280, 10, 30) if args.quick else (1080, 1920, 30, 30)
+    )
+    frames = 17 if args.tiny else 81
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.mp4"
+        t0 = time.perf_counter()
+        n = write_long_video(path, h, w, secs, fps)
+        _log(
+            f"decode: wrote {n} frames {w}x{h} in {time.perf_counter() - t0:.0f}s ({path.stat().st_size / 2**20:.0f} MiB)"
+        )
+        # the decoder alone: every frame decoded, none converted
+        with av.open(str(path)) as c:
+            c.streams.video[0].thread_type = "AUTO"
+            t0 = time.perf_counter()
+            decoded = sum(1 for _ in c.decode(video=0))
+            raw = time.perf_counter() - t0
+        budget = (
+            dict(height=480, width=832, multiple=32)
+            if not args.tiny
+            else dict(height=64, width=112, multiple=16)
+        )
+        span = (frames - 1) / 16
+        cases = [
+            bench_decode_case(path, BucketSpec.make(fps=16, frames=frames, **budget), n, fps, "contiguous"),
+            bench_decode_case(
+                path,
+                BucketSpec.make(
+                    fps=16, frames=frames, clip_stride=span + (10 if not args.tiny else 0.5), **budget
+                ),
+                n,
+                fps,
+                "sparse_seek",
+            ),
+        ]
+        return {
+            "file": {
+                "height": h,
+                "width": w,
+                "seconds": secs,
+                "fps": fps,
+                "frames": n,
+                "mb": round(path.stat().st_size / 2**20, 1),
+            },
+            "decode_only_frames_per_s": round(decoded / raw, 1),
+            "whole_file_decoded_uint8_mb": round(n * h * w * 3 / 2**20, 1),
+            "cases": cases,
+            "max_rss_mb_process": round(_max_rss_mb(), 1),
+        }
 
 
 # ----------------------------------------------------------------------------- shared helpers

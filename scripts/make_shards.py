@@ -4,12 +4,19 @@
       --height 32 --width 32 --frames 17 --fps 8 --mix rank_up=0.02,rank_down=0.33,hold=0.3,first_entry=0.35
   python scripts/make_shards.py --videos my_clips/ --out data/mine --frames 17 --fps 8
   python scripts/make_shards.py --index clips.csv --out data/mine      # columns: path, caption
+  python scripts/make_shards.py --videos my_clips/ --out data/mine --buckets --frames 17 --fps 8 \\
+      --height 32 --width 32 --max-clips 8            # aspect / length buckets, several clips per video
+  python scripts/make_shards.py --videos raw/ --out data/mine5b --buckets --model wan22_ti2v_5b \\
+      --frames 81 --fps 16 --height 480 --width 832   # the 5B's buckets: sides multiples of 16 x 2 = 32
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -24,6 +31,22 @@ def parse_mix(text: str) -> dict[str, float]:
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"--mix: {value!r} is not a number") from err
     return mix
+
+
+def model_multiple(model: str) -> int:
+    """VAE spatial stride x transformer patch size of ``configs/model/<model>.yaml`` (or a YAML path)."""
+    from omegaconf import OmegaConf
+
+    path = Path(model) if model.endswith((".yaml", ".yml")) else ROOT / "configs" / "model" / f"{model}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
+        raise argparse.ArgumentTypeError(
+            f"--model: no model config {str(path)!r} (allowed: {names} or a .yaml)"
+        )
+    cfg = OmegaConf.load(path)
+    stride = int(OmegaConf.select(cfg, "vae.scale_factor_spatial", default=8))
+    patch = OmegaConf.select(cfg, "transformer.patch_size", default=[1, 2, 2])
+    return stride * int(patch[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +69,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=17, help="frames per clip, 4k+1")
     p.add_argument("--fps", type=float, default=8)
     p.add_argument("--no-progress", action="store_true")
+    b = p.add_argument_group("buckets (--videos / --index with --buckets)")
+    b.add_argument(
+        "--buckets",
+        action="store_true",
+        help="aspect and length buckets: --height x --width is the pixel budget, --frames the longest bucket",
+    )
+    b.add_argument(
+        "--model", default="wan_tiny", help="model config whose VAE stride x patch the sides divide"
+    )
+    b.add_argument(
+        "--multiple", type=int, default=None, help="bucket sides are multiples of this (overrides --model)"
+    )
+    b.add_argument("--max-aspect", type=float, default=3.0, help="widest bucket aspect ratio (and 1 / it)")
+    b.add_argument("--min-frames", type=int, default=5, help="the shortest frame bucket is at least this")
+    b.add_argument(
+        "--clip-stride",
+        type=float,
+        default=None,
+        help="seconds between clip starts (default: one clip length)",
+    )
+    b.add_argument("--max-clips", type=int, default=8, help="clips per video at most")
+    b.add_argument(
+        "--workers", type=int, default=1, help="processes cutting videos (the shards are the same)"
+    )
+    c = p.add_argument_group("captions")
+    c.add_argument("--captions", metavar="FILE", help="with --videos: a .csv / .jsonl of captions by path")
+    c.add_argument("--path-column", default="path", help="index column (JSONL field) holding the video path")
+    c.add_argument(
+        "--caption-column", default="caption", help="index column (JSONL field) holding the caption"
+    )
     args = p.parse_args(argv)
     if args.frames < 1 or (args.frames - 1) % 4 != 0:
         p.error(f"--frames: {args.frames} is not 4k+1 (5, 9, 13, 17, ...)")
@@ -76,11 +129,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {m['num_samples']} clips in {m['num_shards']} shards: {m['pattern']}")
         return 0
 
-    from wan2.data.ingest import ingest, read_index, scan_folder
+    from wan2.data.ingest import add_captions, ingest, read_index, scan_folder
 
-    items = scan_folder(args.videos) if args.videos else read_index(args.index)
+    columns = {"path_column": args.path_column, "caption_column": args.caption_column}
+    try:
+        items = scan_folder(args.videos) if args.videos else read_index(args.index, **columns)
+        if args.captions:
+            if not args.videos:
+                p.error("--captions: only with --videos (an --index holds its own captions)")
+            items = add_captions(items, read_index(args.captions, **columns))
+    except (OSError, ValueError) as err:
+        p.error(str(err))
     if not items:
         p.error(f"no videos found in {args.videos or args.index}")
+    if args.buckets:
+        return _ingest_buckets(p, args, items)
     summary = ingest(
         items,
         args.out,
@@ -95,6 +158,50 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.report())
     if summary.manifest.get("num_shards"):
         print(f"shards: {summary.manifest['pattern']}")
+    return 0 if summary.written else 1
+
+
+def _ingest_buckets(p: argparse.ArgumentParser, args, items) -> int:
+    from wan2.data.buckets import BucketSpec
+    from wan2.data.clips import ingest_buckets
+
+    if args.prefix is not None:
+        p.error("--prefix: bucketed shards are named after their bucket (FxHxW-NNNNNN.tar)")
+    try:
+        multiple = args.multiple if args.multiple is not None else model_multiple(args.model)
+    except argparse.ArgumentTypeError as err:
+        p.error(str(err))
+    for name, v, low in (
+        ("multiple", multiple, 1),
+        ("max-clips", args.max_clips, 1),
+        ("min-frames", args.min_frames, 1),
+        ("workers", args.workers, 1),
+    ):
+        if v < low:
+            p.error(f"--{name}: {v} is below {low}")
+    if args.max_aspect < 1:
+        p.error(f"--max-aspect: {args.max_aspect} is below 1")
+    if args.clip_stride is not None and args.clip_stride <= 0:
+        p.error(f"--clip-stride: {args.clip_stride} is not positive")
+    if args.fps <= 0:
+        p.error(f"--fps: {args.fps} is not positive")
+    spec = BucketSpec.make(
+        fps=args.fps,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        multiple=multiple,
+        max_aspect=args.max_aspect,
+        min_frames=args.min_frames,
+        clip_stride=args.clip_stride,
+        max_clips=args.max_clips,
+    )
+    summary = ingest_buckets(
+        items, args.out, spec, shard_size=args.shard_size, progress=not args.no_progress, workers=args.workers
+    )
+    print(summary.report())
+    if summary.written:
+        print(f"shards: {args.out} (train with: data=shards data.train_shards={args.out})")
     return 0 if summary.written else 1
 
 

@@ -3,6 +3,9 @@
   python scripts/precompute.py --vae pretrained/vae_tiny --split train --num 6000 --out data/cache/rj-train
   python scripts/precompute.py --pipeline outputs/export --with-text --split train --num 6000 --out data/cache/rj-t
   python scripts/precompute.py --vae pretrained/vae_tiny --shards 'data/mine/shard-*.tar' --out data/cache/mine
+  python scripts/precompute.py --pipeline DIR --with-text --shards data/mine_buckets --out data/cache/mine_buckets
+      # a bucketed folder (make_shards.py --buckets): one cache per bucket, data/cache/mine_buckets/<FxHxW>;
+      # train from them with data=shards data.train_shards=data/mine_buckets data.cache_dir=data/cache/mine_buckets
 
 An existing cache made by the same encoders from the same data is kept as it is.
 """
@@ -93,14 +96,28 @@ def main(argv: list[str] | None = None) -> int:
         path = getattr(args, name)
         if path and not Path(path).is_dir():
             p.error(f"--{name}: {path!r} is not a directory")
+    from wan2.data.buckets import is_bucket_folder, read_bucket_manifest
+
     out = Path(args.out)
-    if out.exists() and not (out / "index.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        p.error(f"--out: {str(out)!r} exists and is not a latent cache; it would be replaced")
+    bucketed = bool(args.shards) and is_bucket_folder(args.shards)
+    if bucketed:
+        try:
+            caches = [out / name for name in read_bucket_manifest(args.shards)["buckets"]]
+        except ValueError as err:
+            p.error(f"--shards: {err}")
+    else:
+        caches = [out]
+    for c in caches:
+        if c.exists() and not (c / "index.json").is_file() and (not c.is_dir() or any(c.iterdir())):
+            p.error(f"--out: {str(c)!r} exists and is not a latent cache; it would be replaced")
 
     import torch
 
     from wan2.data.cache import build_latent_cache, cache_mismatch
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if bucketed:
+        return _bucket_caches(args, load_encoders(args.vae, args.pipeline, device))
     if args.shards:
         from wan2.data.shards import shard_dataset
 
@@ -125,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(err))
         info = {"source": "rankjump", "split": args.split, "num": args.num, "config": asdict(cfg)}
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone = load_encoders(args.vae, args.pipeline, device)
     why = cache_mismatch(out, backbone, with_text=args.with_text, info=info)
     if why is None:
@@ -141,6 +157,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped bad samples: {counter.summary()}")
     n = len(json.loads((out / "index.json").read_text())["keys"])
     print(f"wrote {n} clips to {out}" + (" with text embeddings" if args.with_text else ""))
+    return 0
+
+
+def _bucket_caches(args, backbone) -> int:
+    """One latent cache per bucket of a bucketed shard folder: ``--out/<FxHxW>`` (what ``data.cache_dir`` reads)."""
+    from wan2.data.bucket_reader import BucketSamples, bucket_cache_info, index_folder
+    from wan2.data.cache import build_latent_cache, cache_mismatch
+    from wan2.data.shards import BadSampleCounter
+
+    counter = BadSampleCounter(name="buckets")
+    for name, bucket in index_folder(args.shards, counter).items():
+        path, info = Path(args.out) / name, bucket_cache_info(args.shards, name)
+        why = cache_mismatch(path, backbone, with_text=args.with_text, info=info)
+        if why is None:
+            print(f"cache {path} is up to date (same encoders, same data): nothing to do")
+            continue
+        if why != "no cache":
+            print(f"rebuilding {path}: {why}")
+        build_latent_cache(
+            backbone,
+            BucketSamples(bucket, counter),
+            path,
+            batch_size=args.batch_size,
+            with_text=args.with_text,
+            info=info,
+            desc=f"encoding {name}",
+        )
+        n = len(json.loads((path / "index.json").read_text())["keys"])
+        print(
+            f"wrote {n} clips of bucket {name} to {path}"
+            + (" with text embeddings" if args.with_text else "")
+        )
+    if counter.bad:
+        print(f"skipped bad samples: {counter.summary()}")
     return 0
 
 

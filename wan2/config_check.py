@@ -258,6 +258,38 @@ def _check_shard_files(key: str, spec) -> None:
         )
 
 
+def _check_bucket_folder(cfg: DictConfig, spec) -> bool:
+    """True when ``data.train_shards`` is a bucketed shard folder (``make_shards.py --buckets``); its manifest
+    must be whole and its buckets fit the model (sides multiples of VAE stride x patch, frames the VAE's)."""
+    from wan2.data.buckets import bucket_size_problem, is_bucket_folder, read_bucket_manifest
+
+    if not is_bucket_folder(spec):
+        if spec not in (_MISSING, None) and _get(cfg, "data.cache_dir") not in (_MISSING, None):
+            _err(
+                f"data.cache_dir: {_get(cfg, 'data.cache_dir')!r} needs data.train_shards to be a bucketed folder "
+                "(make_shards.py --buckets); other shards are read as videos (data.cache_dir=null)"
+            )
+        if isinstance(spec, str) and Path(spec).is_dir():
+            _err(
+                f"data.train_shards: {spec!r} is a folder without manifest.json (a make_shards.py --buckets run "
+                "that did not finish?); allowed: a bucketed folder, .tar shards (a brace pattern or glob), a pipe: command"
+            )
+        return False
+    try:
+        manifest = read_bucket_manifest(spec)
+    except ValueError as err:
+        _err(f"data.train_shards: {err}")
+    geometry = _geometry(cfg) if isinstance(cfg.get("model"), DictConfig) else None
+    if geometry is not None:
+        spatial, temporal, patch, _ = geometry
+        problem = bucket_size_problem(manifest, spatial * patch[1], temporal)
+        if problem is not None:
+            _err(
+                f"data.train_shards: {spec!r}: {problem}; rebuild it with make_shards.py --buckets --model ..."
+            )
+    return True
+
+
 def _check_data(cfg: DictConfig) -> None:
     """The data module's own dataclass checks each of its settings (``wan2.data.config``); then what depends
     on the model (clip size vs VAE stride and patch) and on the disk (shard files)."""
@@ -274,7 +306,8 @@ def _check_data(cfg: DictConfig) -> None:
             f"data.batch_size: {d.batch_size} must be <= data.num_train={n} (the last partial batch is dropped)"
         )
     for key in ("data.train_shards", "data.val_shards"):
-        _check_shard_files(key, _get(cfg, key))
+        if not (key == "data.train_shards" and _check_bucket_folder(cfg, _get(cfg, key))):
+            _check_shard_files(key, _get(cfg, key))
     if _get(cfg, "data.num_frames") is not _MISSING:
         _check_clip_size(cfg, "data")
     if isinstance(_get(cfg, "data.rankjump"), DictConfig):

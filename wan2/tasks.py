@@ -198,7 +198,7 @@ def memory_callbacks(cfg: DictConfig) -> list:
     auto = mem.encoders_on_device == "auto"
     data, objective = cfg.get("data") or {}, cfg.get("objective") or {}
     text_off = auto and bool(data.get("cache_text", False)) and not objective.get("train_text_encoder", False)
-    vae_off = auto and "cache_dir" in data
+    vae_off = auto and bool(data.get("cache_dir"))  # data=rankjump_latents, or shards with cache_dir
     return [MemoryPlacement(mem.block_swap, text_encoder_off=text_off, vae_off=vae_off)]
 
 

@@ -103,22 +103,33 @@ def read_index(cache_dir: str | Path) -> dict | None:
 _CONFIG_IGNORE = {"architectures", "dtype", "torch_dtype", "transformers_version"}
 
 
+_fingerprints: dict[int, tuple[tuple, str]] = {}  # id(module) -> (its tensors' identity, fingerprint)
+
+
 def module_fingerprint(module: torch.nn.Module) -> str:
     """sha256 over the module's config and every weight's bytes: changes when anything that encodes changes.
 
     Bookkeeping entries (``_name_or_path``, versions, dtype) are left out, so the same weights loaded from
-    another path give the same fingerprint.
+    another path give the same fingerprint. Remembered per module while its tensors stay the same objects,
+    unmodified (storage, dtype, in-place version): a bucketed folder checks one cache per bucket, and hashing a
+    multi-billion-parameter text encoder takes minutes.
     """
+    state = module.state_dict()
+    ident = tuple((k, t.data_ptr(), t.dtype, tuple(t.shape), t._version) for k, t in state.items())
+    seen = _fingerprints.get(id(module))
+    if seen is not None and seen[0] == ident:
+        return seen[1]
     h = hashlib.sha256()
     cfg = getattr(module, "config", None)
     if cfg is not None:
         cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)  # transformers / diffusers config
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in _CONFIG_IGNORE}
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for name, t in sorted(module.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()[:16]
+    _fingerprints[id(module)] = (ident, h.hexdigest()[:16])
+    return _fingerprints[id(module)][1]
 
 
 def content_hash(video: torch.Tensor, caption: str) -> str:

@@ -199,6 +199,8 @@ class ShardDataConfig(DataSettings):
         None  # samples per epoch (endless reshuffled stream); null: one pass over the shards
     )
     pin_memory: bool = False
+    cache_dir: str | None = None  # a bucketed train_shards folder only: one latent cache per bucket in here
+    cache_text: bool = False  # with cache_dir: also cache text embeddings (a frozen text encoder only)
 
     def check(self, at: str) -> None:
         super().check(at)
@@ -215,3 +217,9 @@ class ShardDataConfig(DataSettings):
         check_int(f"{at}.min_seen", self.min_seen, 0)
         check_int(f"{at}.epoch_size", self.epoch_size, 1, none_ok=True)
         check_bool(f"{at}.pin_memory", self.pin_memory)
+        check(
+            f"{at}.cache_dir", self.cache_dir, lambda v: v is None or isinstance(v, str), "null or a folder"
+        )
+        check_bool(f"{at}.cache_text", self.cache_text)
+        if self.cache_text and not self.cache_dir:
+            err(f"{at}.cache_text: true needs {at}.cache_dir (the per-bucket latent caches)")

@@ -38,7 +38,8 @@ class Item:
 
 @dataclass
 class IngestSummary:
-    written: int = 0
+    written: int = 0  # clips
+    videos: int = 0  # videos that gave at least one clip (bucketed ingest)
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, message), first few
     manifest: dict = field(default_factory=dict)
@@ -48,9 +49,18 @@ class IngestSummary:
         if len(self.examples) < 50:
             self.examples.append((path, reason, message))
 
+    def merge(self, other: IngestSummary) -> None:
+        """Add another summary's skips and video count (a worker's part of a bucketed ingest)."""
+        self.skipped.update(other.skipped)
+        self.examples += other.examples[: max(0, 50 - len(self.examples))]
+        self.videos += other.videos
+
     def report(self) -> str:
         """A short multi-line text: written, skipped per reason, and a few examples."""
         lines = [f"written: {self.written} clips in {self.manifest.get('num_shards', 0)} shards"]
+        if self.manifest.get("buckets"):
+            buckets = ", ".join(f"{b}={n}" for b, n in self.manifest["buckets"].items())
+            lines[0] += f" from {self.videos} videos; buckets: {buckets}"
         total = sum(self.skipped.values())
         lines.append(
             f"skipped: {total}"
@@ -92,10 +102,12 @@ def scan_folder(root: str | os.PathLike) -> list[Item]:
     return items
 
 
-def read_index(index: str | os.PathLike) -> list[Item]:
-    """Rows of a CSV (header with ``path``, ``caption``) or JSONL (fields ``path``, ``caption``).
+def read_index(
+    index: str | os.PathLike, *, path_column: str = "path", caption_column: str = "caption"
+) -> list[Item]:
+    """Rows of a CSV (a header naming ``path_column`` and ``caption_column``) or JSONL (those fields).
 
-    Relative paths are taken relative to the index file's folder.
+    Relative paths are taken relative to the index file's folder; a row without a caption has ``caption=None``.
     """
     index = os.fspath(index)
     base = os.path.dirname(os.path.abspath(index))
@@ -108,25 +120,37 @@ def read_index(index: str | os.PathLike) -> list[Item]:
                         rows.append(json.loads(line))
                     except ValueError as err:
                         raise ValueError(f"{index}:{n}: not JSON: {err}") from err
+                    if not isinstance(rows[-1], dict):
+                        raise ValueError(f"{index}:{n}: not a JSON object")
     elif index.endswith(".csv"):
         with open(index, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
+            if not reader.fieldnames or path_column not in reader.fieldnames:
                 raise ValueError(
-                    f"{index}: needs a header with columns 'path' and 'caption', got {reader.fieldnames}"
+                    f"{index}: needs a header with columns {path_column!r} and {caption_column!r}, "
+                    f"got {reader.fieldnames}"
                 )
+            if caption_column not in reader.fieldnames:
+                raise ValueError(f"{index}: no caption column {caption_column!r} in {reader.fieldnames}")
             rows = list(reader)
     else:
         raise ValueError(f"index: {index!r} must end in .csv or .jsonl")
     items = []
     for row in rows:
-        rel = str(row.get("path") or "").strip()
+        rel = str(row.get(path_column) or "").strip()
         if not rel:
             continue
         path = rel if os.path.isabs(rel) else os.path.join(base, rel)
-        caption = str(row.get("caption") or "").strip() or None
+        caption = str(row.get(caption_column) or "").strip() or None
         items.append(Item(path=path, caption=caption, key=stable_key(rel)))
     return items
+
+
+def add_captions(items: list[Item], index: list[Item]) -> list[Item]:
+    """Items whose caption comes from ``index`` (rows of ``read_index``) where it names the same file, else
+    the item's own (its ``.txt`` sidecar)."""
+    by_path = {os.path.realpath(i.path): i.caption for i in index if i.caption}
+    return [Item(i.path, by_path.get(os.path.realpath(i.path), i.caption), i.key) for i in items]
 
 
 def resize_crop(img: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -151,6 +151,10 @@ def plan_inputs(
             raise PlanError(f"data: no {key} in the data config; pass {key}=N")
         return int(v)
 
+    from wan2.data.buckets import largest_bucket
+
+    if (big := largest_bucket(data.get("train_shards"))) is not None:  # a bucketed folder: its largest clip
+        frames, height, width = frames or big.frames, height or big.height, width or big.width
     frames = pick(frames, "num_frames")
     height, width = pick(height, "height"), pick(width, "width")
     batch = pick(batch_size, "batch_size")
@@ -203,7 +207,7 @@ def plan_inputs(
             "(wan2/lightning/ema.py keeps full tensors; objective.ema_decay=0 drops it)"
         )
     text_cached = bool(data.get("cache_text", False))
-    latents_cached = "cache_dir" in data  # data=rankjump_latents (wan2.lightning.data.LatentDataModule)
+    latents_cached = bool(data.get("cache_dir"))  # data=rankjump_latents, or data=shards with a cache_dir
     mem, checkpointing = memory_plan(cfg, prec, par, text_cached, latents_cached, pcie_gbps, notes)
     if memory_name:
         mem = dataclasses.replace(mem, name=memory_name)
