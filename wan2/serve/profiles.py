@@ -1,0 +1,188 @@
+"""Generation profiles and the load-aware choice between them (``scripts/generate.py --deadline``).
+
+A profile is one way to make a video: which model (the base or its few-step student), frames, size, steps and
+guidance. Under a deadline each batch takes the best profile of the ladder that the throughput measured on this
+run says finishes the remaining queue in time. Standard library only (models are passed in).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+# Quality order of the ladder, best first: the base as exported; the student at the same frames and size (a full
+# clip in few steps); the base's "fast" profile (half the frames and steps); the student at the fast frames/size.
+LADDER = ("standard", "student", "fast", "student-fast")
+EMA_WEIGHT = 0.5  # weight of the newest batch in the running seconds-per-unit estimate (load changes quickly)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One way to make a video; ``model`` is "base" or "student"."""
+
+    name: str
+    model: str
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+
+    @property
+    def kwargs(self) -> dict:
+        """``Wan2T2V.generate`` keyword arguments."""
+        return {
+            "num_frames": self.num_frames,
+            "height": self.height,
+            "width": self.width,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+        }
+
+    @property
+    def units(self) -> float:
+        """Work per video in megapixel-passes: pixels x (transformer passes + 1 for the VAE decode and text
+        encode). Guidance above 1 runs the transformer twice a step (conditional and unconditional)."""
+        passes = self.steps * (2 if self.guidance_scale > 1.0 else 1)
+        return self.num_frames * self.height * self.width * (passes + 1) / 1e6
+
+
+def _profile(name: str, model: str, kwargs: dict) -> Profile:
+    return Profile(
+        name=name,
+        model=model,
+        num_frames=int(kwargs["num_frames"]),
+        height=int(kwargs["height"]),
+        width=int(kwargs["width"]),
+        steps=int(kwargs["num_inference_steps"]),
+        guidance_scale=float(kwargs["guidance_scale"]),
+    )
+
+
+def ladder(base, student=None, steps: int | None = None) -> list[Profile]:
+    """The profiles of ``LADDER`` that exist for ``base`` (and ``student``; both ``Wan2T2V``), best first.
+
+    The student keeps its own steps and guidance (it was distilled for them) in both of its profiles;
+    ``steps`` overrides every profile's steps (``--steps``)."""
+    std, fast = base.profile("standard"), base.profile("fast")
+    out = [_profile("standard", "base", std), _profile("fast", "base", fast)]
+    if student is not None:
+        own = student.profile("standard")
+        out.insert(1, _profile("student", "student", own))
+        fast_student = {**fast, **{k: own[k] for k in ("num_inference_steps", "guidance_scale")}}
+        out.append(_profile("student-fast", "student", fast_student))
+    if steps is not None:
+        out = [_profile(p.name, p.model, {**p.kwargs, "num_inference_steps": steps}) for p in out]
+    return out
+
+
+def choose_profile(
+    profiles: list[Profile], seconds_per_unit: float | None, videos_left: int, seconds_left: float
+) -> Profile:
+    """The first (best) profile whose predicted time for all ``videos_left`` fits in ``seconds_left``.
+
+    Without a measurement yet, or when nothing fits, the cheapest profile (least work per video)."""
+    cheapest = min(profiles, key=lambda p: p.units)
+    if seconds_per_unit is None:
+        return cheapest
+    for p in profiles:
+        if videos_left * p.units * seconds_per_unit <= seconds_left:
+            return p
+    return cheapest
+
+
+class Throughput:
+    """A running estimate of seconds per unit of work (``Profile.units``), measured on this run: the first
+    batch sets it, every later batch moves it by ``EMA_WEIGHT`` towards its own rate (tracking load changes)."""
+
+    def __init__(self, weight: float = EMA_WEIGHT):
+        self.weight = weight
+        self.seconds_per_unit: float | None = None
+        self.batches = 0
+
+    def add(self, seconds: float, units: float) -> None:
+        if units <= 0 or seconds < 0:
+            return
+        rate = seconds / units
+        spu = self.seconds_per_unit
+        self.seconds_per_unit = rate if spu is None else self.weight * rate + (1 - self.weight) * spu
+        self.batches += 1
+
+
+@dataclass
+class Pick:
+    """What one batch runs: the profile, its model (``Wan2T2V``) and folder, and how many videos."""
+
+    profile: Profile
+    model: object
+    model_dir: str
+    batch: int
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def kwargs(self) -> dict:
+        return self.profile.kwargs
+
+
+class Planner:
+    """Per batch, the profile to run: the fixed ``profile`` (``--profile``), or with ``deadline`` (a
+    ``time.monotonic()`` instant) the best one ``choose_profile`` allows at the measured throughput.
+
+    ``models`` maps "base" / "student" to ``(folder, Wan2T2V)``. Each batch is timed from one ``next`` call to
+    the following one (generation and saving: what the queue waits for). Under a deadline the first batch is
+    one video with the cheapest profile: it measures the throughput without risking the deadline."""
+
+    def __init__(
+        self,
+        profiles: list[Profile],
+        models: dict,
+        batch: int,
+        profile: str | None = None,
+        deadline: float | None = None,
+        throughput: Throughput | None = None,
+        clock=time.monotonic,
+    ):
+        self.profiles = profiles
+        self.models = models
+        self.batch = batch
+        self.fixed = None if deadline is not None else next(p for p in profiles if p.name == profile)
+        self.deadline = deadline
+        self.throughput = throughput or Throughput()
+        self.clock = clock
+        self._last: tuple[float, float] | None = None  # (start time, units) of the batch in flight
+
+    def finish(self) -> None:
+        """Measure the batch in flight now (the queue is empty: no ``next`` call will follow)."""
+        if self._last is not None:
+            self.throughput.add(self.clock() - self._last[0], self._last[1])
+            self._last = None
+
+    def next(self, videos_left: int) -> Pick:
+        """The profile and batch size for the next batch (and the measurement of the previous one)."""
+        self.finish()
+        now = self.clock()
+        note = ""
+        if self.fixed is not None:
+            profile, n = self.fixed, self.batch
+        else:
+            spu = self.throughput.seconds_per_unit
+            left = self.deadline - now
+            profile = choose_profile(self.profiles, spu, videos_left, left)
+            n = 1 if spu is None else self.batch
+            if spu is None:
+                note = f"deadline: measuring with one {profile.name} video ({left:.1f} s left)"
+            else:
+                need = videos_left * profile.units * spu
+                late = " (over: the cheapest profile)" if need > left else ""
+                note = (
+                    f"deadline: {profile.name} for {min(n, videos_left)} videos: {videos_left} left need "
+                    f"{need:.1f} s at {spu * 1e3:.3g} ms/unit, {left:.1f} s left{late}"
+                )
+        n = min(n, videos_left)
+        self._last = (now, n * profile.units)
+        model_dir, model = self.models[profile.model]
+        return Pick(profile=profile, model=model, model_dir=str(model_dir), batch=n, note=note)
