@@ -1,0 +1,234 @@
+"""Load-aware generation (issue 18.3): ``scripts/generate.py --deadline`` picks each batch's profile from the
+throughput measured on the run. The chooser and the planner are pure (a fake clock stands in for the load);
+end to end, the tiny base and its 4-step student: a tight deadline picks a cheaper profile than a loose one."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import ROOT, load_script
+from wan2.serve.profiles import Planner, Profile, Throughput, choose_profile, ladder
+
+generate = load_script("scripts/generate.py", "generate_script")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _profile(name, frames, steps, guidance=1.0, model="base", side=32):
+    return Profile(name, model, frames, side, side, steps, guidance)
+
+
+# best first, as ladder() builds it: work per video 0.888, 0.087, 0.230, 0.046 units
+PROFILES = [
+    _profile("standard", 17, 25, 2.5),
+    _profile("student", 17, 4, model="student"),
+    _profile("fast", 9, 12, 2.5),
+    _profile("student-fast", 9, 4, model="student"),
+]
+
+
+def test_units_count_pixels_and_transformer_passes():
+    assert PROFILES[0].units == pytest.approx(
+        17 * 32 * 32 * (25 * 2 + 1) / 1e6
+    )  # guidance: two passes a step
+    assert PROFILES[1].units == pytest.approx(17 * 32 * 32 * (4 + 1) / 1e6)  # guidance 1: one pass
+    assert PROFILES[0].kwargs == {
+        "num_frames": 17,
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": 25,
+        "guidance_scale": 2.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_unit", "videos", "seconds_left", "want"),
+    [
+        (None, 10, 1e9, "student-fast"),  # nothing measured yet: the cheapest
+        (1.0, 10, 1e9, "standard"),
+        (1.0, 10, 10 * 0.888, "standard"),  # exactly fits
+        (1.0, 10, 10 * 0.888 - 0.01, "student"),
+        (1.0, 10, 0.9, "student"),
+        (1.0, 10, 0.8, "student-fast"),  # neither "student" nor "fast" fits
+        (2.0, 10, 0.9, "student-fast"),  # the same queue and time at half the throughput
+        (1.0, 10, 0.1, "student-fast"),  # nothing fits: the cheapest
+        (1.0, 10, -5.0, "student-fast"),  # the deadline has passed
+        (1.0, 1, 0.9, "standard"),  # one video left fits where ten did not
+    ],
+)
+def test_choose_profile(seconds_per_unit, videos, seconds_left, want):
+    assert choose_profile(PROFILES, seconds_per_unit, videos, seconds_left).name == want
+
+
+def test_choose_profile_without_a_student():
+    no_student = [PROFILES[0], PROFILES[2]]
+    assert choose_profile(no_student, 1.0, 10, 9.0).name == "standard"
+    assert choose_profile(no_student, 1.0, 10, 2.4).name == "fast"
+    assert choose_profile(no_student, 1.0, 10, 1.0).name == "fast"  # nothing fits: the cheapest
+
+
+def test_throughput_is_a_running_estimate():
+    t = Throughput(weight=0.5)
+    assert t.seconds_per_unit is None
+    t.add(2.0, 1.0)
+    assert t.seconds_per_unit == 2.0  # the first batch sets it
+    t.add(8.0, 2.0)
+    assert t.seconds_per_unit == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)
+    t.add(1.0, 0.0)  # no work: no information
+    assert t.seconds_per_unit == pytest.approx(3.0) and t.batches == 2
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_planner_measures_the_first_video_then_degrades_and_recovers_with_the_load():
+    clock = FakeClock()
+    models = {"base": ("BASE", "base-model"), "student": ("STUDENT", "student-model")}
+    plan = Planner(PROFILES, models, batch=4, deadline=clock.now + 60.0, clock=clock)
+    first = plan.next(20)
+    assert (first.name, first.batch, first.model, first.model_dir) == (
+        "student-fast",
+        1,
+        "student-model",
+        "STUDENT",
+    )
+    assert "measuring" in first.note
+    std, student, _, student_fast = (p.units for p in PROFILES)
+    clock.now += student_fast * 1.0  # 1 s per unit: 19 standard videos need 16.9 s of the 59.95 left
+    pick = plan.next(19)
+    assert (pick.name, pick.batch, pick.model_dir) == ("standard", 4, "BASE")
+    assert plan.throughput.seconds_per_unit == pytest.approx(1.0)
+    clock.now += 4 * std * 9.0  # the load arrives: that batch ran at 9 s per unit (estimate 5 s per unit)
+    pick = plan.next(15)
+    assert pick.name == "student" and plan.throughput.seconds_per_unit == pytest.approx(5.0)
+    assert "15 left need" in pick.note
+    clock.now += 4 * student * 1.0  # the load is gone: 3 s per unit, 11 standard videos need 29 s of 28 left
+    pick = plan.next(11)
+    assert pick.name == "student"
+    clock.now += 4 * student * 1.0  # 2 s per unit: 7 standard videos need 12.4 s
+    pick = plan.next(7)
+    assert pick.name == "standard" and pick.batch == 4
+    assert plan.next(3).batch == 3  # never more than the queue holds
+
+
+def test_planner_with_a_fixed_profile_ignores_the_clock():
+    clock = FakeClock()
+    plan = Planner(PROFILES, {"base": ("B", 1), "student": ("S", 2)}, batch=3, profile="fast", clock=clock)
+    for left in (7, 4, 1):
+        pick = plan.next(left)
+        clock.now += 1e6
+        assert (pick.name, pick.batch, pick.note) == ("fast", min(3, left), "")
+
+
+class FakeModel:
+    def __init__(self, steps, guidance):
+        self.defaults = {"num_frames": 17, "height": 32, "width": 32}
+        self.steps, self.guidance = steps, guidance
+
+    def profile(self, name):
+        frames, steps = (17, self.steps) if name == "standard" else (9, max(2, self.steps // 2))
+        return {
+            "num_frames": frames,
+            "height": 32,
+            "width": 32,
+            "num_inference_steps": steps,
+            "guidance_scale": self.guidance,
+        }
+
+
+def test_ladder_keeps_the_students_own_steps_and_guidance():
+    base, student = FakeModel(25, 2.5), FakeModel(4, 1.0)
+    assert [p.name for p in ladder(base)] == ["standard", "fast"]
+    rungs = {p.name: p for p in ladder(base, student)}
+    assert list(rungs) == ["standard", "student", "fast", "student-fast"]
+    assert (rungs["student-fast"].num_frames, rungs["student-fast"].steps) == (9, 4)
+    assert rungs["student-fast"].guidance_scale == 1.0 and rungs["student-fast"].model == "student"
+    assert (rungs["fast"].steps, rungs["fast"].guidance_scale) == (12, 2.5)
+    assert {p.steps for p in ladder(base, student, steps=1)} == {1}
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def cheap_base(tmp_path_factory):
+    """``pretrained/wan_tiny_base`` with 2 sampling steps in its wan2.json (its 25 steps with guidance cost
+    seconds a video on a loaded CPU); the weights are the shipped ones (symlinked)."""
+    src = ROOT / "pretrained" / "wan_tiny_base"
+    dst = tmp_path_factory.mktemp("cheap_base") / "wan_tiny_base"
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name != "wan2.json":
+            os.symlink(p, dst / p.name)
+    meta = json.loads((src / "wan2.json").read_text())
+    (dst / "wan2.json").write_text(json.dumps({**meta, "num_inference_steps": 2}))
+    return dst
+
+
+def _run(tmp_path, base, name, deadline):
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "".join(json.dumps({"event": "rank_up", "old_rank": 3, "new_rank": 2}) + "\n" for _ in range(3))
+    )
+    out = tmp_path / name
+    student = ROOT / "pretrained" / "wan_tiny_4step"
+    argv = ["--model", str(base), "--student", str(student), "--events", str(events), "--out", str(out)]
+    rc = generate.main([*argv, "--batch", "2", "--deadline", str(deadline)])
+    assert rc == 0
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_a_tight_deadline_picks_a_cheaper_profile_than_a_loose_one(cheap_base, tmp_path, capsys):
+    from wan2.inference import Wan2T2V
+
+    base, student = (
+        Wan2T2V.from_pretrained(cheap_base),
+        Wan2T2V.from_pretrained(ROOT / "pretrained/wan_tiny_4step"),
+    )
+    units = {p.name: p.units for p in ladder(base, student)}
+    cheapest = min(units, key=units.get)
+    loose = _run(tmp_path, cheap_base, "loose", 1e6)
+    tight = _run(tmp_path, cheap_base, "tight", 1e-3)
+    err = capsys.readouterr().err
+    assert "deadline: measuring with one" in err and "(over: the cheapest profile)" in err
+    # the first video measures the throughput with the cheapest profile, then a loose deadline takes the best
+    assert [r["profile"] for r in loose] == [cheapest, "standard", "standard"]
+    assert [r["profile"] for r in tight] == [cheapest] * 3
+    assert units[cheapest] < units["standard"]
+    assert loose[1]["model"] == str(cheap_base) and loose[1]["steps"] == 2 and loose[1]["num_frames"] == 17
+    want_model = (
+        str(ROOT / "pretrained/wan_tiny_4step") if cheapest.startswith("student") else str(cheap_base)
+    )
+    assert tight[0]["model"] == want_model and tight[0]["num_frames"] == 9
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--deadline", "0"], "--deadline must be a positive number"),
+        (["--deadline", "nan"], "--deadline must be a positive number"),
+        (["--deadline", "5", "--profile", "fast"], "leave out --profile"),
+        (["--deadline", "5", "--steps", "2"], "leave out --steps"),
+        (["--profile", "student"], "--profile student needs --student DIR"),
+        (["--student", "S", "--lora", "L"], "--student with --lora"),
+        (["--max-idle", "3"], "--max-idle and --worker-id are --watch options"),
+    ],
+)
+def test_bad_serving_arguments_are_one_line(tmp_path, capsys, extra, message):
+    argv = ["--model", "M", "--prompt", "p", "--out", str(tmp_path / "o"), *extra]
+    with pytest.raises(SystemExit) as exc:
+        generate.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_deadline_needs_model_not_ab(tmp_path, capsys):
+    argv = ["--ab", "A", "B", "--events", "e", "--out", str(tmp_path / "o"), "--deadline", "5"]
+    with pytest.raises(SystemExit):
+        generate.main(argv)
+    assert "--deadline needs --model (not --ab)" in capsys.readouterr().err
