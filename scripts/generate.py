@@ -161,6 +161,7 @@ def prepare_out(out: Path, overwrite: bool):
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
     """Argument values argparse cannot check (each a one-line usage error, exit 2)."""
+    _check_serving(p, args)
     if args.batch < 1:
         p.error("--batch must be >= 1")
     if args.steps is not None and args.steps < 1:
@@ -179,7 +180,6 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--lora-scale must be a finite number")
     if args.lora_scale and len(args.lora_scale) > 1 and len(args.lora_scale) != len(args.lora):
         p.error(f"--lora-scale: {len(args.lora_scale)} scales for {len(args.lora)} --lora files")
-    _check_serving(p, args)
 
 
 def _check_serving(p: argparse.ArgumentParser, args) -> None:

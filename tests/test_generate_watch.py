@@ -1,0 +1,254 @@
+"""Exactly once behind a queue (issue 18.4): ``scripts/generate.py --watch SPOOL`` claims the JSONL files renamed
+into the spool and makes one video per event id, however often it is killed (kill -9 at seeded random points)
+or stopped (SIGTERM: the batch in flight is finished, exit 0). Generations are counted in the journal, not by
+files; no half-written mp4 is ever visible."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, load_script, train_env
+from wan2.data.video import decode_mp4
+from wan2.serve.journal import JOURNAL, Journal, publish, recover
+
+generate = load_script("scripts/generate.py", "generate_script")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+STUDENT = (
+    ROOT / "pretrained" / "wan_tiny_4step"
+)  # one step, 9 frames of 32x32: a fraction of a second a video
+CHEAP = ["--profile", "fast", "--steps", "1"]
+SHAPE = (9, 32, 32, 3)
+
+
+def _event(i: int, **extra) -> str:
+    kinds = [
+        {"event": "rank_up", "old_rank": 3, "new_rank": 2},
+        {"event": "hold"},
+        {"event": "rank_down", "old_rank": 1, "new_rank": 4},
+    ]
+    return json.dumps({"id": f"ev{i:03d}", **kinds[i % 3], "user": f"User{i}", **extra})
+
+
+def _drop(spool: Path, name: str, lines: list[str]) -> None:
+    """Write elsewhere in the spool (a name starting with '.'), then rename in: what a producer does."""
+    tmp = spool / f".{name}.tmp"
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.rename(tmp, spool / name)
+
+
+def _journal(out: Path) -> list[dict]:
+    if not (out / JOURNAL).exists():
+        return []
+    return [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
+
+
+def _made(out: Path) -> list[str]:
+    """The id of every generation the journal records (one per published video)."""
+    return [r["id"] for r in _journal(out) if r["op"] == "video"]
+
+
+def _check_output(out: Path) -> None:
+    """Every visible mp4 is whole and recorded once; temp files are hidden names."""
+    made = _made(out)
+    assert len(made) == len(set(made)), sorted(m for m in made if made.count(m) > 1)
+    for p in out.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.suffix == ".mp4":
+            assert decode_mp4(p).shape == SHAPE, p
+            assert p.stem in made, p
+        else:
+            assert p.name == JOURNAL, p
+
+
+def _argv(spool: Path, out: Path, *extra: str) -> list[str]:
+    return ["--watch", str(spool), "--model", str(STUDENT), "--out", str(out), *CHEAP, *extra]
+
+
+# ------------------------------------------------------------------------------------------- in process
+def test_watch_claims_files_makes_each_id_once_and_reports_bad_lines(tmp_path, capsys):
+    spool, out = tmp_path / "spool", tmp_path / "videos"
+    spool.mkdir()
+    _drop(spool, "a.jsonl", [_event(0), "{not json", _event(1), json.dumps({"event": "hold"}), _event(0)])
+    _drop(spool, "b.jsonl", [_event(1, event="hold"), _event(2), json.dumps({"id": "../x", "event": "hold"})])
+    (spool / ".c.jsonl.tmp").write_text(_event(7) + "\n")  # a producer still writing: not claimed
+    (spool / "notes.txt").write_text(_event(8) + "\n")  # not *.jsonl: not claimed
+    assert generate.main(_argv(spool, out, "--max-idle", "0", "--batch", "2")) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["ev000.mp4", "ev001.mp4", "ev002.mp4"]
+    assert sorted(_made(out)) == ["ev000", "ev001", "ev002"]  # ev000 twice in a, ev001 in a and b: once each
+    _check_output(out)
+    rows = {r["id"]: r for r in _journal(out) if r["op"] == "video"}
+    assert rows["ev000"]["profile"] == "fast" and rows["ev000"]["steps"] == 1 and "user" not in rows["ev000"]
+    assert sorted(p.name for p in spool.iterdir()) == [
+        ".c.jsonl.tmp",
+        "claimed",
+        "done",
+        "failed",
+        "notes.txt",
+    ]
+    done = sorted(p.name for p in (spool / "done").iterdir())
+    assert [n.split(".", 1)[1] for n in done] == ["a.jsonl", "b.jsonl"]
+    assert (spool / "done" / done[0]).read_text().count("\n") == 5  # the file as it was dropped
+    failed = {n.split(".", 1)[1]: n for n in os.listdir(spool / "failed")}
+    a_bad = [json.loads(x) for x in (spool / "failed" / failed["a.jsonl"]).read_text().splitlines()]
+    assert [(r["line"], r["reason"].split(":")[0]) for r in a_bad] == [(2, "not JSON"), (4, "id")]
+    assert a_bad[0]["event"] == "{not json" and "missing" in a_bad[1]["reason"]
+    b_bad = [json.loads(x) for x in (spool / "failed" / failed["b.jsonl"]).read_text().splitlines()]
+    assert [r["line"] for r in b_bad] == [3] and "is not 1-128 letters" in b_bad[0]["reason"]
+    assert not list((spool / "claimed").rglob("*.jsonl"))
+
+    # the same ids dropped again (a producer retrying) make nothing new; a new id does
+    _drop(spool, "a.jsonl", [_event(0), _event(2), _event(3)])
+    assert generate.main(_argv(spool, out, "--max-idle", "0")) == 0
+    assert sorted(_made(out)) == ["ev000", "ev001", "ev002", "ev003"]
+    assert len(os.listdir(spool / "done")) == 3
+
+
+def test_recover_finishes_journaled_renames_and_drops_the_rest(tmp_path):
+    out = tmp_path / "videos"
+    out.mkdir()
+    journal = Journal(out)
+    publish(journal, "done1", b"mp4-bytes-1", {"profile": "fast"})
+    journal.append({"op": "video", "id": "mid", "tmp": ".mid.tmp-00ff.mp4"})  # killed before its rename
+    (out / ".mid.tmp-00ff.mp4").write_bytes(b"mp4-bytes-2")
+    (out / ".half.tmp-abcd.mp4").write_bytes(b"half")  # killed while encoding: no journal line
+    (out / "byhand.mp4").write_bytes(b"copied in")
+    journal.close()
+    with open(out / JOURNAL, "ab") as f:
+        f.write(b'{"op": "video", "id": "torn", "tm')  # killed while appending
+    journal = Journal(out)
+    assert (out / JOURNAL).read_bytes().endswith(b"\n")  # the torn line is cut: the next append is whole
+    assert recover(journal) == {"done1", "mid", "byhand"}
+    assert sorted(os.listdir(out)) == ["byhand.mp4", "done1.mp4", JOURNAL, "mid.mp4"]
+    assert (out / "mid.mp4").read_bytes() == b"mp4-bytes-2"
+    journal.append({"op": "file"})
+    assert [r["op"] for r in Journal(out).records] == ["video", "video", "file"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--watch", "SPOOL", "--ab", "A", "B", "--out", "O"], "--watch needs --model"),
+        (["--watch", "SPOOL", "--model", "M", "--out", "O", "--overwrite"], "leave out --overwrite"),
+        (["--watch", "SPOOL", "--model", "M", "--out", "O", "--max-idle", "-1"], "--max-idle must be >= 0"),
+        (["--watch", "SPOOL", "--events", "E", "--model", "M", "--out", "O"], "not allowed with argument"),
+    ],
+)
+def test_bad_watch_arguments_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        generate.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_missing_spool_or_a_bad_worker_id_is_one_line(tmp_path, capsys):
+    out = tmp_path / "videos"
+    assert generate.main(_argv(tmp_path / "nope", out)) == 2
+    assert capsys.readouterr().err.strip().endswith("is not a folder")
+    assert generate.main(_argv(tmp_path, out, "--worker-id", "a/b")) == 2
+    assert "--worker-id: 'a/b'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- subprocesses
+def _start(spool: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), *_argv(spool, out, "--batch", "1", *extra)]
+    env = train_env(PYTHONPATH=str(ROOT))
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Poll ``cond()`` while ``proc`` runs (imports take seconds on a loaded CPU)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def _starts(out: Path) -> int:
+    return sum(r["op"] == "start" for r in _journal(out))
+
+
+def _spool_with_events(tmp_path: Path, n: int) -> tuple[Path, Path, list[str]]:
+    spool, out = tmp_path / "spool", tmp_path / "videos"
+    spool.mkdir()
+    half = n // 2
+    _drop(spool, "first.jsonl", [_event(i) for i in range(half)] + ["{bad"])
+    _drop(spool, "second.jsonl", [_event(i) for i in range(half, n)] + [_event(0)])  # ev000 again
+    return spool, out, [f"ev{i:03d}" for i in range(n)]
+
+
+def _kill_at_random_points(spool, out, ids: list[str], kills: int, seed: int) -> None:
+    """Start a worker, kill -9 it a seeded random time (up to a few videos) after its first batch starts;
+    ``kills`` times. Each kill must land while the queue still holds work."""
+    rng = random.Random(seed)
+    for _ in range(kills):
+        before = _starts(out)
+        proc = _start(spool, out)
+        _wait_for(lambda n=before: _starts(out) > n, proc)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.kill()
+        proc.wait()
+        _check_output(out)
+        assert len(_made(out)) < len(ids), "the queue was done before the kill: give the worker more work"
+
+
+def _finish(spool: Path, out: Path) -> None:
+    proc = _start(spool, out, "--max-idle", "0")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def _check_complete(spool: Path, out: Path, ids: list[str]) -> None:
+    _check_output(out)
+    assert sorted(_made(out)) == ids  # every id made, each exactly once (counted in the journal)
+    assert sorted(p.stem for p in out.glob("*.mp4")) == ids
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert sorted(p.name for p in spool.iterdir()) == ["claimed", "done", "failed"]
+    assert not list((spool / "claimed").rglob("*.jsonl"))
+    assert sorted(n.split(".", 1)[1] for n in os.listdir(spool / "done")) == ["first.jsonl", "second.jsonl"]
+    (failed,) = os.listdir(spool / "failed")
+    assert failed.endswith("first.jsonl") and '"reason": "not JSON' in (spool / "failed" / failed).read_text()
+
+
+def test_sigterm_finishes_the_batch_and_kill_9_loses_and_repeats_nothing(tmp_path):
+    """SIGTERM mid-queue: exit 0 after the batch in flight; kill -9 at a seeded random point; a restart
+    finishes the queue: each id one video, once; SIGTERM while idle: exit 0."""
+    spool, out, ids = _spool_with_events(tmp_path, 16)
+    proc = _start(spool, out)
+    _wait_for(lambda: len(_made(out)) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: stopping after the current batch" in err
+    _check_output(out)
+    last = [r for r in _journal(out) if r["op"] == "start"][-1]
+    assert set(last["ids"]) <= set(_made(out))  # the batch in flight was finished and published
+    assert len(_made(out)) < len(ids) and list((spool / "claimed").rglob("*.jsonl"))  # work was left
+
+    _kill_at_random_points(spool, out, ids, kills=1, seed=0)
+
+    proc = _start(spool, out)  # no --max-idle: waits for work until SIGTERM
+    _wait_for(lambda: len(os.listdir(spool / "done")) == 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    _check_complete(spool, out, ids)
+
+
+@pytest.mark.slow
+def test_many_kills_at_random_points_lose_and_repeat_nothing(tmp_path):
+    spool, out, ids = _spool_with_events(tmp_path, 24)
+    _kill_at_random_points(spool, out, ids, kills=5, seed=1234)
+    _finish(spool, out)
+    _check_complete(spool, out, ids)
+    assert _starts(out) >= len(_made(out))  # batches started (some more than once) vs videos made
