@@ -158,6 +158,35 @@ def test_a_missing_spool_or_a_bad_worker_id_is_one_line(tmp_path, capsys):
     assert "--worker-id: 'a/b'" in capsys.readouterr().err
 
 
+def test_sigterm_finishes_the_batch_in_flight_and_exits_0(tmp_path, monkeypatch, capsys):
+    """SIGTERM arrives during the second batch: that batch is published, the worker exits 0 and leaves the
+    file claimed; the next start makes the rest (the signal is sent from inside the generate call)."""
+    from wan2.inference import Wan2T2V
+
+    spool, out = tmp_path / "spool", tmp_path / "videos"
+    spool.mkdir()
+    _drop(spool, "q.jsonl", [_event(i) for i in range(6)])
+    real, calls = Wan2T2V.generate, []
+
+    def signalled(self, prompt, **kwargs):
+        calls.append(prompt)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, prompt, **kwargs)
+
+    monkeypatch.setattr(Wan2T2V, "generate", signalled)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert generate.main(_argv(spool, out, "--batch", "2")) == 0  # no --max-idle: only the signal stops it
+    assert signal.getsignal(signal.SIGTERM) is handler  # the worker's handler is removed again
+    assert "SIGTERM: stopped after the current batch" in capsys.readouterr().err
+    assert sorted(_made(out)) == ["ev000", "ev001", "ev002", "ev003"] and len(calls) == 2
+    assert len(list((spool / "claimed").rglob("*.jsonl"))) == 1
+    _check_output(out)
+    assert generate.main(_argv(spool, out, "--batch", "2", "--max-idle", "0")) == 0
+    assert sorted(_made(out)) == [f"ev{i:03d}" for i in range(6)] and len(calls) == 3
+    assert not list((spool / "claimed").rglob("*.jsonl"))
+
+
 # ------------------------------------------------------------------------------------------- subprocesses
 def _start(spool: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), *_argv(spool, out, "--batch", "1", *extra)]
@@ -202,12 +231,6 @@ def _kill_at_random_points(spool, out, ids: list[str], kills: int, seed: int) ->
         assert len(_made(out)) < len(ids), "the queue was done before the kill: give the worker more work"
 
 
-def _finish(spool: Path, out: Path) -> None:
-    proc = _start(spool, out, "--max-idle", "0")
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-
-
 def _check_complete(spool: Path, out: Path, ids: list[str]) -> None:
     _check_output(out)
     assert sorted(_made(out)) == ids  # every id made, each exactly once (counted in the journal)
@@ -220,35 +243,54 @@ def _check_complete(spool: Path, out: Path, ids: list[str]) -> None:
     assert failed.endswith("first.jsonl") and '"reason": "not JSON' in (spool / "failed" / failed).read_text()
 
 
-def test_sigterm_finishes_the_batch_and_kill_9_loses_and_repeats_nothing(tmp_path):
-    """SIGTERM mid-queue: exit 0 after the batch in flight; kill -9 at a seeded random point; a restart
-    finishes the queue: each id one video, once; SIGTERM while idle: exit 0."""
-    spool, out, ids = _spool_with_events(tmp_path, 16)
+def _sigterm_mid_queue(spool: Path, out: Path, ids: list[str]) -> None:
+    """A real SIGTERM once a video is out: exit 0 after the batch in flight, the rest left for a restart."""
     proc = _start(spool, out)
     _wait_for(lambda: len(_made(out)) >= 1, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    assert "SIGTERM: stopping after the current batch" in err
+    assert "SIGTERM: stopped after the current batch" in err
     _check_output(out)
     last = [r for r in _journal(out) if r["op"] == "start"][-1]
     assert set(last["ids"]) <= set(_made(out))  # the batch in flight was finished and published
     assert len(_made(out)) < len(ids) and list((spool / "claimed").rglob("*.jsonl"))  # work was left
 
-    _kill_at_random_points(spool, out, ids, kills=1, seed=0)
 
-    proc = _start(spool, out)  # no --max-idle: waits for work until SIGTERM
+def test_kill_9_at_a_random_point_loses_and_repeats_nothing(tmp_path):
+    """A worker process killed -9 at a seeded random point; a restart (here in this process, which has torch
+    imported already) finishes the queue: each id one video, made once."""
+    spool, out, ids = _spool_with_events(tmp_path, 16)
+    _kill_at_random_points(spool, out, ids, kills=1, seed=0)
+    assert list((spool / "claimed").rglob("*.jsonl"))  # the killed worker left its claim
+    assert generate.main(_argv(spool, out, "--max-idle", "0")) == 0
+    _check_complete(spool, out, ids)
+
+
+@pytest.mark.slow
+def test_sigterm_and_many_kills_at_random_points_lose_and_repeat_nothing(tmp_path):
+    """All in worker processes: SIGTERM mid-queue (exit 0), five kill -9 at seeded random points, a restart
+    that waits for work (no --max-idle) until the queue is done, SIGTERM while idle (exit 0)."""
+    spool, out, ids = _spool_with_events(tmp_path, 24)
+    _sigterm_mid_queue(spool, out, ids)
+    _kill_at_random_points(spool, out, ids, kills=5, seed=1234)
+    proc = _start(spool, out)
     _wait_for(lambda: len(os.listdir(spool / "done")) == 2, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     _check_complete(spool, out, ids)
-
-
-@pytest.mark.slow
-def test_many_kills_at_random_points_lose_and_repeat_nothing(tmp_path):
-    spool, out, ids = _spool_with_events(tmp_path, 24)
-    _kill_at_random_points(spool, out, ids, kills=5, seed=1234)
-    _finish(spool, out)
-    _check_complete(spool, out, ids)
     assert _starts(out) >= len(_made(out))  # batches started (some more than once) vs videos made
+
+
+def test_watch_with_a_deadline_records_each_videos_profile(tmp_path):
+    """--deadline in --watch counts from each file's claim; the journal records every video's profile."""
+    spool, out = tmp_path / "spool", tmp_path / "videos"
+    spool.mkdir()
+    _drop(spool, "q.jsonl", [_event(i) for i in range(3)])
+    argv = ["--watch", str(spool), "--model", str(STUDENT), "--student", str(STUDENT), "--out", str(out)]
+    assert generate.main([*argv, "--deadline", "0.001", "--max-idle", "0"]) == 0
+    rows = [r for r in _journal(out) if r["op"] == "video"]
+    # nothing fits: the cheapest, the 4-step model's fast profile (9 frames, 2 steps; the student keeps its 4)
+    assert [r["profile"] for r in rows] == ["fast"] * 3
+    assert {(r["num_frames"], r["steps"], r["model"]) for r in rows} == {(9, 2, str(STUDENT))}

@@ -113,8 +113,8 @@ class Worker:
         self.throughput = Throughput()
 
     def ask_stop(self, signum, frame) -> None:
+        """The signal handler: only sets the flag (printing here could re-enter a print in progress)."""
         self.stop = signal.Signals(signum).name
-        self.log(f"watch: {self.stop}: stopping after the current batch")
 
     def run(self) -> int:
         max_idle = self.args.max_idle
@@ -130,6 +130,8 @@ class Worker:
                 self.log(f"watch: idle for {max_idle:g} s, exiting")
                 break
             time.sleep(POLL_SECONDS)
+        if self.stop is not None:
+            self.log(f"watch: {self.stop}: stopped after the current batch")
         self.journal.close()
         return 0
 
@@ -168,7 +170,8 @@ class Worker:
                 todo.append(it)
             seen.add(it["id"])
         self.log(
-            f"watch: {path.name}: {len(todo)} to make, {len(items) - len(todo)} already made, {len(failed)} bad"
+            f"watch: {path.name}: {len(todo)} to make, {len(items) - len(todo)} ids made before, "
+            f"{len(failed)} bad lines"
         )
         a = self.args
         deadline = None
