@@ -3,13 +3,17 @@
     python scripts/generate.py --model EXPORT --events events.jsonl --out videos/ [--profile fast]
     python scripts/generate.py --model EXPORT --prompt "the green row climbs from #3 to #2" --out videos/
     python scripts/generate.py --ab EXPORT_A EXPORT_B --rollout 0.1 --events events.jsonl --out videos/
+    python scripts/generate.py --model EXPORT --student STUDENT --deadline 60 --events events.jsonl --out videos/
+    python scripts/generate.py --watch SPOOL_DIR --model EXPORT --out videos/ [--max-idle SECONDS]
 
 Each bad event line (not UTF-8, not JSON, nested too deep, not an object, over 1 MiB, a bad field) is skipped
 with its line number, one stderr line each; the good lines still give their videos (exit code 1 when any line
 was bad). A missing / unreadable --events, an --out that cannot be written, a bad LoRA: one line, exit code 2,
 before any model loads where possible. An --out holding an earlier run's videos or manifest is refused unless
 --overwrite. ``--out/manifest.jsonl`` (rewritten atomically after every batch) has one row per video (path,
-variant, model, prompt, seconds, steps, seed, line); user names only with --include-user.
+variant, model, profile, prompt, seconds, steps, seed, line, size); user names only with --include-user.
+--deadline picks each batch's profile from the throughput measured on the run, --watch runs a worker behind a
+spool folder that makes one video per event id (both in wan2/serve; README "Generate").
 """
 
 from __future__ import annotations
