@@ -280,6 +280,8 @@ def main(argv=None) -> int:
     _check_args(p, args)
     args.started = time.monotonic()  # --deadline counts from here (model loading included)
     try:
+        if args.student and not Path(args.student).is_dir():
+            raise InputError(f"--student: {args.student!r} is not a folder")
         if args.watch is not None:
             from wan2.serve.engine import load_models
             from wan2.serve.watch import serve

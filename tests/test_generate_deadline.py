@@ -232,3 +232,20 @@ def test_deadline_needs_model_not_ab(tmp_path, capsys):
     with pytest.raises(SystemExit):
         generate.main(argv)
     assert "--deadline needs --model (not --ab)" in capsys.readouterr().err
+
+
+def test_a_missing_student_is_one_line_before_any_model_loads(tmp_path, capsys):
+    argv = [
+        "--model",
+        "M",
+        "--prompt",
+        "p",
+        "--out",
+        str(tmp_path / "o"),
+        "--student",
+        str(tmp_path / "nope"),
+    ]
+    assert generate.main([*argv, "--deadline", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("nope' is not a folder") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -123,7 +123,12 @@ class Worker:
         while self.stop is None:
             path = next(iter(self.spool.mine()), None) or self.spool.claim()
             if path is not None:
-                self.process(path)
+                try:
+                    self.process(path)
+                except OSError as err:  # e.g. a full disk: the file stays claimed for the next start
+                    self.log(f"error: watch: {path.name}: {err.strerror or one_line(err)}; exiting")
+                    self.journal.close()
+                    return 1
                 idle_since = time.monotonic()
                 continue
             if max_idle is not None and time.monotonic() - idle_since >= max_idle:
@@ -163,7 +168,12 @@ class Worker:
         from wan2.data.video import encode_mp4
         from wan2.serve.engine import generate_batch
 
-        items, failed = self.read(path)
+        try:
+            items, failed = self.read(path)
+        except InputError as err:  # the claimed file itself cannot be read: recorded, never retried
+            self.log(f"watch: {path.name}: {one_line(err)}")
+            self.spool.finish(path, [{"line": 0, "reason": one_line(err), "event": None}])
+            return
         todo, seen = [], set()
         for it in items:
             if it["id"] not in self.made and it["id"] not in seen:
@@ -234,9 +244,9 @@ def serve(args, load_models) -> int:
             stop.append(signum)
 
     out = Path(args.out)
+    spool = Spool(Path(args.watch), args.worker_id or default_worker_id(out))
     lock = lock_folder(out)
     try:
-        spool = Spool(Path(args.watch), args.worker_id or default_worker_id(out))
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             models = load_models(args)
