@@ -49,6 +49,8 @@ class Spool:
         try:
             for d in (self.claimed, self.done, self.failed):
                 d.mkdir(parents=True, exist_ok=True)
+            for p in self.claimed.glob(".*.failed.tmp"):  # a kill while writing a failed/ record
+                p.unlink()
         except OSError as err:
             raise InputError(
                 f"--watch: {str(root)!r}: cannot write there ({err.strerror or one_line(err)})"
@@ -76,11 +78,15 @@ class Spool:
         return None
 
     def finish(self, path: Path, failed: list[dict]) -> None:
-        """Write the failed lines (atomically, the same name on a rerun) and move the file to ``done/``."""
-        from wan2.export import atomic_write_text
-
+        """Write the failed lines (to a temp file in this worker's folder, then renamed: the same name on a
+        rerun) and move the file to ``done/``."""
         if failed:
-            atomic_write_text(self.failed / path.name, "".join(json.dumps(r) + "\n" for r in failed))
+            tmp = self.claimed / f".{path.name}.failed.tmp"
+            with open(tmp, "w") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in failed))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.failed / path.name)
         os.replace(path, self.done / path.name)
 
 
