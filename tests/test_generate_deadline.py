@@ -71,11 +71,27 @@ def test_throughput_is_a_running_estimate():
     t = Throughput(weight=0.5)
     assert t.seconds_per_unit is None
     t.add(2.0, 1.0)
-    assert t.seconds_per_unit == 2.0  # the first batch sets it
-    t.add(8.0, 2.0)
-    assert t.seconds_per_unit == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)
+    assert (t.seconds_per_unit, t.overhead) == (2.0, 0.0)  # the first batch sets it
+    t.add(8.0, 2.0)  # dearer per unit at more units a video: no overhead fits, the weighted mean rate
+    assert (t.seconds_per_unit, t.overhead) == (pytest.approx((0.5 * 2.0 + 4.0) / 1.5), 0.0)
     t.add(1.0, 0.0)  # no work: no information
-    assert t.seconds_per_unit == pytest.approx(3.0) and t.batches == 2
+    assert t.batches == 2
+
+
+def test_throughput_separates_the_overhead_of_a_video_from_its_work():
+    t = Throughput(weight=0.5)  # a video costs 0.5 s plus 2 s a unit
+    t.add(0.5 + 2.0 * 0.1, 0.1, videos=1)
+    assert t.overhead == 0.0 and t.seconds_per_unit == pytest.approx(7.0)  # one kind of batch: all is work
+    t.add(4 * 0.5 + 2.0 * 4.0, 4.0, videos=4)
+    assert (t.overhead, t.seconds_per_unit) == (pytest.approx(0.5), pytest.approx(2.0))
+    t.add(2 * 0.5 + 2.0 * 1.0, 1.0, videos=2)
+    assert (t.overhead, t.seconds_per_unit) == (pytest.approx(0.5), pytest.approx(2.0))
+    # with the overhead, the dear profile is predicted right; from the cheap one's rate alone, 3.5x too high
+    assert (
+        choose_profile(PROFILES, t.seconds_per_unit, 10, 10 * (0.5 + 0.888 * 2.0), t.overhead).name
+        == "standard"
+    )
+    assert choose_profile(PROFILES, 7.0, 10, 10 * (0.5 + 0.888 * 2.0)).name == "student"
 
 
 class FakeClock:
@@ -103,14 +119,14 @@ def test_planner_measures_the_first_video_then_degrades_and_recovers_with_the_lo
     pick = plan.next(19)
     assert (pick.name, pick.batch, pick.model_dir) == ("standard", 4, "BASE")
     assert plan.throughput.seconds_per_unit == pytest.approx(1.0)
-    clock.now += 4 * std * 9.0  # the load arrives: that batch ran at 9 s per unit (estimate 5 s per unit)
+    clock.now += 4 * std * 9.0  # the load arrives: that batch ran at 9 s per unit (estimate 19/3 s a unit)
     pick = plan.next(15)
-    assert pick.name == "student" and plan.throughput.seconds_per_unit == pytest.approx(5.0)
+    assert pick.name == "student" and plan.throughput.seconds_per_unit == pytest.approx(19 / 3)
     assert "15 left need" in pick.note
-    clock.now += 4 * student * 1.0  # the load is gone: 3 s per unit, 11 standard videos need 29 s of 28 left
+    clock.now += 4 * student * 1.0  # the load is gone: 3.3 s a unit, 11 standard videos need 32 s of 27.6
     pick = plan.next(11)
     assert pick.name == "student"
-    clock.now += 4 * student * 1.0  # 2 s per unit: 7 standard videos need 12.4 s
+    clock.now += 4 * student * 1.0  # 2.1 s a unit: 7 standard videos need 12.9 s
     pick = plan.next(7)
     assert pick.name == "standard" and pick.batch == 4
     assert plan.next(3).batch == 3  # never more than the queue holds
@@ -249,3 +265,18 @@ def test_a_missing_student_is_one_line_before_any_model_loads(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().endswith("nope' is not a folder") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_fixed_student_profile_uses_the_student_and_records_it(cheap_base, tmp_path):
+    out = tmp_path / "videos"
+    student = ROOT / "pretrained" / "wan_tiny_4step"
+    argv = ["--model", str(cheap_base), "--student", str(student), "--prompt", "a new gold row enters"]
+    assert generate.main([*argv, "--out", str(out), "--profile", "student-fast"]) == 0
+    (row,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert (row["profile"], row["model"], row["steps"], row["num_frames"]) == (
+        "student-fast",
+        str(student),
+        4,
+        9,
+    )
+    assert (row["height"], row["width"]) == (32, 32)

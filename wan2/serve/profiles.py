@@ -77,36 +77,58 @@ def ladder(base, student=None, steps: int | None = None) -> list[Profile]:
 
 
 def choose_profile(
-    profiles: list[Profile], seconds_per_unit: float | None, videos_left: int, seconds_left: float
+    profiles: list[Profile],
+    seconds_per_unit: float | None,
+    videos_left: int,
+    seconds_left: float,
+    overhead: float = 0.0,
 ) -> Profile:
-    """The first (best) profile whose predicted time for all ``videos_left`` fits in ``seconds_left``.
+    """The first (best) profile whose predicted time for all ``videos_left`` videos, each ``overhead`` +
+    ``units x seconds_per_unit`` seconds, fits in ``seconds_left``.
 
     Without a measurement yet, or when nothing fits, the cheapest profile (least work per video)."""
     cheapest = min(profiles, key=lambda p: p.units)
     if seconds_per_unit is None:
         return cheapest
     for p in profiles:
-        if videos_left * p.units * seconds_per_unit <= seconds_left:
+        if videos_left * (overhead + p.units * seconds_per_unit) <= seconds_left:
             return p
     return cheapest
 
 
 class Throughput:
-    """A running estimate of seconds per unit of work (``Profile.units``), measured on this run: the first
-    batch sets it, every later batch moves it by ``EMA_WEIGHT`` towards its own rate (tracking load changes)."""
+    """How long a video takes on this run, measured: ``overhead`` seconds a video plus ``seconds_per_unit``
+    per unit of work (``Profile.units``). Each batch gives a rate r = seconds / units at x = videos / units;
+    r = seconds_per_unit + overhead * x is fitted by least squares, each older batch weighted ``1 - weight``
+    times the next (the estimate follows load changes within a few batches).
+
+    Until batches of different profiles are seen (or when the fit is not physical), the overhead is 0 and the
+    rate is the weighted mean rate: cheap profiles' overhead then counts as work, which overestimates dearer
+    profiles (safe for a deadline)."""
 
     def __init__(self, weight: float = EMA_WEIGHT):
         self.weight = weight
+        self.sums = [0.0] * 5  # decayed sums of w, w*x, w*x*x, w*r, w*x*r
         self.seconds_per_unit: float | None = None
+        self.overhead = 0.0
         self.batches = 0
 
-    def add(self, seconds: float, units: float) -> None:
-        if units <= 0 or seconds < 0:
+    def add(self, seconds: float, units: float, videos: int = 1) -> None:
+        """One batch: ``videos`` videos of ``units`` work in all took ``seconds``."""
+        if units <= 0 or seconds < 0 or videos < 1:
             return
-        rate = seconds / units
-        spu = self.seconds_per_unit
-        self.seconds_per_unit = rate if spu is None else self.weight * rate + (1 - self.weight) * spu
+        x, r = videos / units, seconds / units
+        keep = 1.0 - self.weight
+        self.sums = [keep * a + b for a, b in zip(self.sums, (1.0, x, x * x, r, x * r))]
         self.batches += 1
+        w, sx, sxx, sr, sxr = self.sums
+        det = w * sxx - sx * sx
+        if det > 1e-9 * w * sxx:  # batches of different work per video: both terms
+            overhead, spu = (w * sxr - sx * sr) / det, (sxx * sr - sx * sxr) / det
+            if overhead >= 0 and spu > 0:
+                self.overhead, self.seconds_per_unit = overhead, spu
+                return
+        self.overhead, self.seconds_per_unit = 0.0, sr / w
 
 
 @dataclass
@@ -153,12 +175,13 @@ class Planner:
         self.deadline = deadline
         self.throughput = throughput or Throughput()
         self.clock = clock
-        self._last: tuple[float, float] | None = None  # (start time, units) of the batch in flight
+        self._last: tuple[float, float, int] | None = None  # (start, units, videos) of the batch in flight
 
     def finish(self) -> None:
         """Measure the batch in flight now (the queue is empty: no ``next`` call will follow)."""
         if self._last is not None:
-            self.throughput.add(self.clock() - self._last[0], self._last[1])
+            start, units, videos = self._last
+            self.throughput.add(self.clock() - start, units, videos)
             self._last = None
 
     def next(self, videos_left: int) -> Pick:
@@ -169,20 +192,20 @@ class Planner:
         if self.fixed is not None:
             profile, n = self.fixed, self.batch
         else:
-            spu = self.throughput.seconds_per_unit
+            spu, overhead = self.throughput.seconds_per_unit, self.throughput.overhead
             left = self.deadline - now
-            profile = choose_profile(self.profiles, spu, videos_left, left)
+            profile = choose_profile(self.profiles, spu, videos_left, left, overhead)
             n = 1 if spu is None else self.batch
             if spu is None:
                 note = f"deadline: measuring with one {profile.name} video ({left:.1f} s left)"
             else:
-                need = videos_left * profile.units * spu
+                need = videos_left * (overhead + profile.units * spu)
                 late = " (over: the cheapest profile)" if need > left else ""
                 note = (
                     f"deadline: {profile.name} for {min(n, videos_left)} videos: {videos_left} left need "
-                    f"{need:.1f} s at {spu * 1e3:.3g} ms/unit, {left:.1f} s left{late}"
+                    f"{need:.1f} s ({overhead:.3g} s a video + {spu:.3g} s a unit), {left:.1f} s left{late}"
                 )
         n = min(n, videos_left)
-        self._last = (now, n * profile.units)
+        self._last = (now, n * profile.units, n)
         model_dir, model = self.models[profile.model]
         return Pick(profile=profile, model=model, model_dir=str(model_dir), batch=n, note=note)
