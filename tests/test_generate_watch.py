@@ -343,3 +343,13 @@ def test_a_crash_at_each_point_of_a_publish_is_repaired_on_restart(tmp_path, mon
     starts = [i for r in _journal(out) if r["op"] == "start" for i in r["ids"]]
     # made again only where the crash came before the journal line (the rename is finished, not redone)
     assert starts.count("ev002") == (1 if point == "rename" else 2)
+
+
+def test_serve_modules_import_without_torch():
+    """Bad arguments and spool files are reported before torch loads (docs/architecture.md: wan2/serve)."""
+    code = (
+        "import sys, wan2.serve.events, wan2.serve.profiles, wan2.serve.journal, wan2.serve.watch, "
+        "wan2.serve.engine; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
