@@ -40,9 +40,13 @@ def generate_batch(pick: Pick, chunk: list[dict]) -> tuple[list, dict[int, str]]
     ``videos[i]`` None where ``errors[i]`` says why (non-finite frames keep the batch's finite videos)."""
     from wan2.inference import NonFiniteVideoError
 
+    boards = [it.get("board") for it in chunk]  # TI2V first frames, where an item carries one
     try:
         videos = pick.model.generate(
-            [it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk], **pick.kwargs
+            [it["prompt"] for it in chunk],
+            seed=[it["seed"] for it in chunk],
+            **pick.kwargs,
+            **({"image": boards} if any(boards) else {}),
         )
         return videos, {}
     except NonFiniteVideoError as err:
