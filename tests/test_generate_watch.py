@@ -353,3 +353,62 @@ def test_serve_modules_import_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+CLAIM_ALL = """
+import sys, time
+from pathlib import Path
+from wan2.serve.watch import Spool
+
+spool = Spool(Path(sys.argv[1]), sys.argv[2])
+while not Path(sys.argv[3]).exists():  # start together
+    time.sleep(0.001)
+while (path := spool.claim()) is not None:
+    print(path.name.split(".", 1)[1], flush=True)
+"""
+
+
+def test_of_several_workers_racing_on_one_spool_exactly_one_claims_each_file(tmp_path):
+    """Four processes claim from one spool at once (torch-free: the claim alone); every file is claimed by
+    exactly one of them."""
+    spool, go = tmp_path / "spool", tmp_path / "go"
+    spool.mkdir()
+    names = [f"f{i:03d}.jsonl" for i in range(200)]
+    for name in names:
+        _drop(spool, name, [_event(0)])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIM_ALL, str(spool), f"w{k}", str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(4)
+    ]
+    time.sleep(0.5)
+    go.touch()
+    claims = [proc.communicate(timeout=120)[0].split() for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert sorted(n for c in claims for n in c) == names  # each once, none lost
+    assert sorted(p.name for p in spool.iterdir()) == ["claimed", "done", "failed"]
+    for k, c in enumerate(claims):
+        assert sorted(p.name.split(".", 1)[1] for p in (spool / "claimed" / f"w{k}").iterdir()) == sorted(c)
+
+
+def test_sigterm_while_the_models_load_exits_0_without_claiming(tmp_path, monkeypatch, capsys):
+    import wan2.serve.engine as engine
+
+    spool, out = tmp_path / "spool", tmp_path / "videos"
+    spool.mkdir()
+    _drop(spool, "q.jsonl", [_event(0)])
+    real = engine.load_models
+
+    def load_then_signal(args):
+        models = real(args)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives before the worker exists
+        return models
+
+    monkeypatch.setattr(engine, "load_models", load_then_signal)
+    assert generate.main(_argv(spool, out)) == 0  # no --max-idle: only the signal ends it
+    assert "SIGTERM: stopped" in capsys.readouterr().err
+    assert (spool / "q.jsonl").exists() and not _made(out)
