@@ -58,7 +58,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Journal:
-    """``out/journal.jsonl``: one JSON object a line, appended and fsynced (the record of what was made)."""
+    """``out/journal.jsonl``: one JSON object a line, appended and fsynced (the record of what was made).
+    ``records`` holds the lines there were when it was opened (what ``recover`` needs), not later appends."""
 
     def __init__(self, out: Path):
         self.out = out
@@ -87,7 +88,6 @@ class Journal:
     def append(self, record: dict) -> None:
         _write_all(self._fd, (json.dumps(record) + "\n").encode())
         os.fsync(self._fd)
-        self.records.append(record)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -232,7 +232,7 @@ class Worker:
         plan.finish()
         failed.sort(key=lambda r: r["line"])
         self.spool.finish(path, failed)
-        made = sum(r.get("file") == path.name for r in self.journal.videos())
+        made = len({it["id"] for it in items} & self.made)  # this file's ids that have their video
         self.journal.append({"op": "file", "file": path.name, "videos": made, "failed": len(failed)})
         self.log(f"watch: {path.name}: done ({made} videos, {len(failed)} failed)")
 
