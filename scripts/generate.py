@@ -32,6 +32,7 @@ from wan2.serve.events import event_lines as _event_lines
 from wan2.serve.events import one_line as _one_line
 from wan2.serve.events import parse_json as _parse_json
 from wan2.serve.events import user_field as _user_field
+from wan2.serve.journal import LOCK
 
 VIDEO_NAME = re.compile(r"^\d{5,}\.mp4$")  # the names this script gives its videos
 LEFTOVER = re.compile(r"^\.(\d{5,}|manifest\.jsonl)\.tmp-")  # temp names of a killed run's atomic writes
@@ -134,7 +135,7 @@ def prepare_out(out: Path, overwrite: bool):
         if out.exists() and not out.is_dir():
             raise InputError(f"--out: {str(out)!r} exists and is not a folder")
         out.mkdir(parents=True, exist_ok=True)
-        lock = (out / ".generate.lock").open("w")  # also proves the folder is writable
+        lock = (out / LOCK).open("w")  # also proves the folder is writable
     except OSError as err:
         raise InputError(
             f"--out: {str(out)!r}: cannot write there ({err.strerror or _one_line(err)})"
