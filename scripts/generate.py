@@ -257,7 +257,9 @@ def main(argv=None) -> int:
     p.add_argument("--worker-id", default=None, help="with --watch (default: host name + --out folder)")
     p.add_argument("--steps", type=int, default=None, help="override the profile's inference steps")
     p.add_argument("--batch", type=int, default=4, help="videos per pipeline call")
-    p.add_argument("--seed", type=int, default=0, help="line N uses seed + N - 1")
+    p.add_argument(
+        "--seed", type=int, default=0, help="line N uses seed + N - 1 (--watch: seed + crc32(event id))"
+    )
     p.add_argument("--lora", action="append", default=[], help="a LoRA file or folder (repeatable)")
     p.add_argument(
         "--lora-scale",
