@@ -3,13 +3,17 @@
     python scripts/generate.py --model EXPORT --events events.jsonl --out videos/ [--profile fast]
     python scripts/generate.py --model EXPORT --prompt "the green row climbs from #3 to #2" --out videos/
     python scripts/generate.py --ab EXPORT_A EXPORT_B --rollout 0.1 --events events.jsonl --out videos/
+    python scripts/generate.py --model EXPORT --student STUDENT --deadline 60 --events events.jsonl --out videos/
+    python scripts/generate.py --watch SPOOL_DIR --model EXPORT --out videos/ [--max-idle SECONDS]
 
 Each bad event line (not UTF-8, not JSON, nested too deep, not an object, over 1 MiB, a bad field) is skipped
 with its line number, one stderr line each; the good lines still give their videos (exit code 1 when any line
 was bad). A missing / unreadable --events, an --out that cannot be written, a bad LoRA: one line, exit code 2,
 before any model loads where possible. An --out holding an earlier run's videos or manifest is refused unless
 --overwrite. ``--out/manifest.jsonl`` (rewritten atomically after every batch) has one row per video (path,
-variant, model, prompt, seconds, steps, seed, line); user names only with --include-user.
+variant, model, profile, prompt, seconds, steps, seed, line, size); user names only with --include-user.
+--deadline picks each batch's profile from the throughput measured on the run, --watch runs a worker behind a
+spool folder that makes one video per event id (both in wan2/serve; README "Generate").
 """
 
 from __future__ import annotations
@@ -19,25 +23,19 @@ import json
 import logging
 import math
 import re
-import stat
 import sys
+import time
 from pathlib import Path
 
-MAX_LINE_BYTES = 1 << 20  # an event is a few hundred bytes; a longer line is skipped without being parsed
+from wan2.serve.events import InputError
+from wan2.serve.events import event_lines as _event_lines
+from wan2.serve.events import one_line as _one_line
+from wan2.serve.events import parse_json as _parse_json
+from wan2.serve.events import user_field as _user_field
+from wan2.serve.journal import LOCK
+
 VIDEO_NAME = re.compile(r"^\d{5,}\.mp4$")  # the names this script gives its videos
 LEFTOVER = re.compile(r"^\.(\d{5,}|manifest\.jsonl)\.tmp-")  # temp names of a killed run's atomic writes
-
-
-class InputError(Exception):
-    """Bad arguments or files found before any model loads: one line, exit code 2."""
-
-
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    """The first line of an error, printable and bounded (it may echo a value from the input)."""
-    text = str(err).strip()
-    text = text.splitlines()[0] if text else type(err).__name__
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no terminal control characters
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _read_meta(model_dir: str) -> dict:
@@ -48,56 +46,6 @@ def _read_meta(model_dir: str) -> dict:
         return read_wan2_json(model_dir).to_dict()
     except BackboneError as err:
         raise InputError(f"--model: {_one_line(err)}") from None
-
-
-def _event_lines(path: Path):
-    """``(line number, text or None, error)`` per line of the events file, read as bytes and decoded per line,
-    so an undecodable or oversized line costs only itself."""
-    try:
-        mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise InputError(f"--events: {str(path)!r} is a folder, not a JSONL file")
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise InputError(f"--events: {str(path)!r} is not a regular file")
-        f = path.open("rb")
-    except OSError as err:
-        raise InputError(f"--events: {str(path)!r}: {err.strerror or _one_line(err)}") from None
-    with f:
-        n = 0
-        while raw := f.readline(MAX_LINE_BYTES + 1):
-            n += 1
-            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                size = len(raw)
-                while raw and not raw.endswith(b"\n"):  # skip the rest of the line unread
-                    raw = f.readline(MAX_LINE_BYTES)
-                    size += len(raw)
-                yield n, None, f"line is {size} bytes, over the {MAX_LINE_BYTES}-byte limit"
-                continue
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte order mark
-            try:
-                yield n, raw.rstrip(b"\r\n").decode("utf-8"), None
-            except UnicodeDecodeError as err:
-                yield n, None, f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1})"
-
-
-def _parse_json(text: str):
-    """One event line as JSON; a ValueError that says why not (deep nesting included)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not JSON: {err.msg} at column {err.colno}") from None
-    except RecursionError:
-        raise ValueError("not JSON we accept: nested too deep") from None
-    except ValueError as err:  # e.g. an integer of more than 4300 digits
-        raise ValueError(f"not JSON we accept: {_one_line(err)}") from None
-
-
-def _user_field(event: dict, key: str):
-    value = event.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
-        raise ValueError(f"{key}: expected a string or an integer, got {type(value).__name__}")
-    return value
 
 
 def read_items(args) -> tuple[list[dict], list[str]]:
@@ -187,7 +135,7 @@ def prepare_out(out: Path, overwrite: bool):
         if out.exists() and not out.is_dir():
             raise InputError(f"--out: {str(out)!r} exists and is not a folder")
         out.mkdir(parents=True, exist_ok=True)
-        lock = (out / ".generate.lock").open("w")  # also proves the folder is writable
+        lock = (out / LOCK).open("w")  # also proves the folder is writable
     except OSError as err:
         raise InputError(
             f"--out: {str(out)!r}: cannot write there ({err.strerror or _one_line(err)})"
@@ -218,6 +166,7 @@ def prepare_out(out: Path, overwrite: bool):
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
     """Argument values argparse cannot check (each a one-line usage error, exit 2)."""
+    _check_serving(p, args)
     if args.batch < 1:
         p.error("--batch must be >= 1")
     if args.steps is not None and args.steps < 1:
@@ -238,11 +187,44 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--lora-scale: {len(args.lora_scale)} scales for {len(args.lora)} --lora files")
 
 
+def _check_serving(p: argparse.ArgumentParser, args) -> None:
+    """--deadline, --student and --watch (wan2/serve): what they need and what they exclude."""
+    if args.deadline is not None and not (math.isfinite(args.deadline) and args.deadline > 0):
+        p.error("--deadline must be a positive number of seconds")
+    if args.deadline is not None and args.profile is not None:
+        p.error("--deadline picks the profile of each batch; leave out --profile")
+    if args.deadline is not None and args.steps is not None:
+        p.error("--deadline picks the steps of each batch; leave out --steps")
+    for flag, value in (("--deadline", args.deadline), ("--student", args.student), ("--watch", args.watch)):
+        if value is not None and args.ab:
+            p.error(f"{flag} needs --model (not --ab)")
+    if args.student and args.lora:
+        p.error(
+            "--student with --lora: a LoRA trained on the base loses most of its effect on the student; "
+            "fuse it and distil the fused model (README: Distillation)"
+        )
+    if args.profile in ("student", "student-fast") and not args.student:
+        p.error(f"--profile {args.profile} needs --student DIR")
+    if args.max_idle is not None and not (math.isfinite(args.max_idle) and args.max_idle >= 0):
+        p.error("--max-idle must be >= 0 seconds")
+    if args.watch is None and (args.max_idle is not None or args.worker_id is not None):
+        p.error("--max-idle and --worker-id are --watch options")
+    if args.watch is not None and args.overwrite:
+        p.error("--watch never replaces videos (one per event id); leave out --overwrite")
+    if args.profile is None and args.deadline is None:
+        args.profile = "standard"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a text prompt (repeatable)")
     src.add_argument("--events", help="JSONL file, one leaderboard event per line")
+    src.add_argument(
+        "--watch",
+        metavar="SPOOL_DIR",
+        help="run as a worker: claim the *.jsonl files renamed into SPOOL_DIR, one video per event id",
+    )
     models = p.add_mutually_exclusive_group(required=True)
     models.add_argument("--model", help="a wan2 export or a Wan 2.2 diffusers directory")
     models.add_argument("--ab", nargs=2, metavar=("A_DIR", "B_DIR"), help="route users between two models")
@@ -251,10 +233,33 @@ def main(argv=None) -> int:
     p.add_argument(
         "--overwrite", action="store_true", help="replace the videos and manifest of an earlier run"
     )
-    p.add_argument("--profile", choices=("fast", "standard"), default="standard")
+    p.add_argument(
+        "--profile",
+        choices=("standard", "student", "fast", "student-fast"),
+        default=None,
+        help="frames, size, steps (default standard; the student ones need --student)",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="pick each batch's profile so the queue (with --watch: each file) ends within SECONDS",
+    )
+    p.add_argument("--student", default=None, metavar="DIR", help="a few-step student of --model (profiles)")
+    p.add_argument(
+        "--max-idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --watch: exit 0 after SECONDS without work (default: run until SIGTERM)",
+    )
+    p.add_argument("--worker-id", default=None, help="with --watch (default: host name + --out folder)")
     p.add_argument("--steps", type=int, default=None, help="override the profile's inference steps")
     p.add_argument("--batch", type=int, default=4, help="videos per pipeline call")
-    p.add_argument("--seed", type=int, default=0, help="line N uses seed + N - 1")
+    p.add_argument(
+        "--seed", type=int, default=0, help="line N uses seed + N - 1 (--watch: seed + crc32(event id))"
+    )
     p.add_argument("--lora", action="append", default=[], help="a LoRA file or folder (repeatable)")
     p.add_argument(
         "--lora-scale",
@@ -276,7 +281,16 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
     _check_args(p, args)
+    args.started = time.monotonic()  # --deadline counts from here (model loading included)
     try:
+        if args.student and not Path(args.student).is_dir():
+            raise InputError(f"--student: {args.student!r} is not a folder")
+        if args.watch is not None:
+            from wan2.serve.engine import load_models
+            from wan2.serve.watch import serve
+
+            _quiet_logging()
+            return serve(args, load_models)
         lock, earlier = prepare_out(Path(args.out), args.overwrite)
         try:
             return run(args, earlier)
@@ -287,22 +301,31 @@ def main(argv=None) -> int:
         return 2
 
 
-def run(args, earlier: list[dict]) -> int:
-    """Read the input (bad lines skipped), generate per variant in batches, save each mp4 atomically and rewrite
-    the manifest atomically after every batch; with ``--overwrite`` the earlier run's files go at the end."""
+def _quiet_logging() -> None:
+    """wan2's notes on stderr; no loading bars (ours counts videos)."""
     from diffusers.utils import logging as diffusers_logging
-    from tqdm import tqdm
     from transformers.utils import logging as transformers_logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("wan2").setLevel(logging.INFO)  # frame-count notes
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def run(args, earlier: list[dict]) -> int:
+    """Read the input (bad lines skipped), generate per variant in batches (each batch's profile from
+    ``wan2.serve.profiles.Planner``), save each mp4 atomically and rewrite the manifest atomically after every
+    batch; with ``--overwrite`` the earlier run's files go at the end."""
+    from tqdm import tqdm
 
     from wan2.backbones.stack import BackboneError
     from wan2.export import atomic_write_text
     from wan2.inference import NonFiniteVideoError, Wan2T2V, save_video
     from wan2.lora.adapters import LoraFileError
+    from wan2.serve.engine import load_model
+    from wan2.serve.profiles import Planner, ladder
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("wan2").setLevel(logging.INFO)  # frame-count notes
-    diffusers_logging.disable_progress_bar()  # loading bars; ours below counts videos
-    transformers_logging.disable_progress_bar()
+    _quiet_logging()
     items, errors = read_items(args)
     for e in errors:
         print(e, file=sys.stderr)
@@ -344,16 +367,22 @@ def run(args, earlier: list[dict]) -> int:
             if bar is not None:  # AssertionError: torch's "not compiled with CUDA" for --device cuda
                 bar.close()
             raise InputError(_one_line(err, limit=2000)) from None
+        student = load_model(args.student, args, lora=False) if args.student else None
         if bar is None:
             bar = tqdm(total=len(items), unit="video", file=sys.stderr)
-        kwargs = model.profile(args.profile)
-        if args.steps is not None:
-            kwargs["num_inference_steps"] = args.steps
-        for i in range(0, len(todo), args.batch):
-            chunk = todo[i : i + args.batch]
+        models = {"base": (model_dir, model), "student": (args.student, student)}
+        deadline = None if args.deadline is None else args.started + args.deadline
+        plan = Planner(ladder(model, student, args.steps), models, args.batch, args.profile, deadline)
+        i = 0
+        while i < len(todo):
+            pick = plan.next(len(todo) - i)
+            if pick.note:
+                tqdm.write(pick.note, file=sys.stderr)
+            chunk = todo[i : i + pick.batch]
+            i += len(chunk)
             try:
-                videos = model.generate(
-                    [it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk], **kwargs
+                videos = pick.model.generate(
+                    [it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk], **pick.kwargs
                 )
             except NonFiniteVideoError as err:  # keep the batch's finite videos, report the others
                 videos = err.videos
@@ -379,18 +408,21 @@ def run(args, earlier: list[dict]) -> int:
                 row = {
                     "path": str(path),
                     "variant": variant,
-                    "model": str(model_dir),
+                    "model": pick.model_dir,
+                    "profile": pick.name,
                     "prompt": video.prompt,
                     "seconds": round(video.seconds, 3),
                     "steps": video.steps,
                     "seed": video.seed,
                     "line": it["line"],
                     "num_frames": video.num_frames,
+                    "height": int(video.frames.shape[1]),
+                    "width": int(video.frames.shape[2]),
                 }
                 if args.include_user:
                     row["user"] = it["user"]
                 rows.append(row)
-                tqdm.write(f"{path}  {video.seconds:.2f}s  {video.steps} steps")
+                tqdm.write(f"{path}  {video.seconds:.2f}s  {video.steps} steps  {pick.name}")
             rows.sort(key=lambda r: r["line"])
             if rows:
                 write_manifest()
