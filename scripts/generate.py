@@ -9,7 +9,8 @@ with its line number, one stderr line each; the good lines still give their vide
 was bad). A missing / unreadable --events, an --out that cannot be written, a bad LoRA: one line, exit code 2,
 before any model loads where possible. An --out holding an earlier run's videos or manifest is refused unless
 --overwrite. ``--out/manifest.jsonl`` (rewritten atomically after every batch) has one row per video (path,
-variant, model, prompt, seconds, steps, seed, line); user names only with --include-user.
+variant, model, prompt, seconds, steps, seed, line); user names only with --include-user. An event's
+``"board": "path.png"`` (or ``--image`` for every prompt) is the first frame the video continues (a TI2V model).
 """
 
 from __future__ import annotations
@@ -100,6 +101,23 @@ def _user_field(event: dict, key: str):
     return value
 
 
+def _board(path, key: str) -> str | None:
+    """An event's ``board`` (or ``--image``): None, or the path of a readable image (ValueError naming ``key``)."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{key}: expected the path of an image file, got {path!r}")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        why = "is not an image" if isinstance(err, UnidentifiedImageError) else "cannot be read"
+        raise ValueError(f"{key}: {path!r} {why}") from None
+    return path
+
+
 def read_items(args) -> tuple[list[dict], list[str]]:
     """Work items ``{line, prompt, seed, user_id, user, variant}`` and the error lines of skipped input.
 
@@ -108,6 +126,10 @@ def read_items(args) -> tuple[list[dict], list[str]]:
     from wan2.rollout import assign_variant
 
     if args.prompt:
+        try:
+            board = _board(getattr(args, "image", None), "--image")
+        except ValueError as err:
+            raise InputError(str(err)) from None
         items, errors = [], []
         for i, p in enumerate(args.prompt):
             if not p.strip():
@@ -121,6 +143,7 @@ def read_items(args) -> tuple[list[dict], list[str]]:
                     "user_id": None,
                     "user": None,
                     "variant": None,
+                    "board": board,
                 }
             )
         return items, errors
@@ -141,6 +164,7 @@ def read_items(args) -> tuple[list[dict], list[str]]:
             if args.ab and user_id is None:
                 raise ValueError("user_id: missing (--ab routes by user_id, or user)")
             variant = assign_variant(str(user_id), args.rollout) if args.ab else None
+            board = _board(event.get("board"), "board")
         except Exception as err:  # noqa: BLE001  (untrusted input: any fault of one line skips that line)
             errors.append(f"line {n}: skipped: {_one_line(err)}")
             continue
@@ -152,6 +176,7 @@ def read_items(args) -> tuple[list[dict], list[str]]:
                 "user_id": user_id,
                 "user": user,
                 "variant": variant,
+                "board": board,
             }
         )
     if not items and not errors:
@@ -263,6 +288,9 @@ def main(argv=None) -> int:
         default=None,
         help="one scale for all LoRAs, or one per --lora",
     )
+    p.add_argument(
+        "--image", default=None, help="with --prompt: the first frame every video continues (TI2V)"
+    )
     p.add_argument("--tone", default=None, help="event tone (wan2.prompts.TONES)")
     p.add_argument("--style", default=None, help="style words appended to event prompts")
     p.add_argument("--include-user", action="store_true", help="record user names in manifest.jsonl")
@@ -352,8 +380,12 @@ def run(args, earlier: list[dict]) -> int:
         for i in range(0, len(todo), args.batch):
             chunk = todo[i : i + args.batch]
             try:
+                boards = [it.get("board") for it in chunk]
                 videos = model.generate(
-                    [it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk], **kwargs
+                    [it["prompt"] for it in chunk],
+                    seed=[it["seed"] for it in chunk],
+                    **kwargs,
+                    **({"image": boards} if any(boards) else {}),  # TI2V: each event's board as frame 0
                 )
             except NonFiniteVideoError as err:  # keep the batch's finite videos, report the others
                 videos = err.videos

@@ -138,7 +138,8 @@ def judge(
         entered = np.argmax(vis) if vis.any() else len(vis)
         visible_ok = bool(vis.any()) and bool(vis[entered:].all())
     else:
-        start_ok = bool(vis[0]) and int(reading.rank[0]) == old_rank
+        # ranks are clipped to 1 at the top: a row above the board's top edge (entering from above) is not on #1
+        start_ok = bool(vis[0]) and int(reading.rank[0]) == old_rank and pos[0] >= 0.5
         visible_ok = bool(vis.all())
     end_ok = bool(vis[-1]) and int(reading.rank[-1]) == new_rank
     p = pos[vis]
