@@ -274,3 +274,39 @@ def test_wan22_ti2v_5b_config_trains_and_samples_the_first_frame_mode(standin_5b
     ).frames[0]
     np.testing.assert_allclose(out, repo_video(export, board(), **gen), atol=2e-4)
     shutil.rmtree(tmp_path / "outputs", ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- scripts/generate.py "board"
+def test_generate_script_reads_an_events_board_and_skips_a_bad_one(tmp_path):
+    from types import SimpleNamespace
+
+    from tests.conftest import load_script
+
+    generate = load_script("scripts/generate.py", "generate_ti2v")
+    board().save(tmp_path / "board.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    lines = [
+        {"event": "rank_up", "old_rank": 7, "new_rank": 3, "board": str(tmp_path / "board.png")},
+        {"event": "rank_up", "old_rank": 7, "new_rank": 3, "board": str(tmp_path / "notes.txt")},
+        {"event": "rank_up", "old_rank": 7, "new_rank": 3, "board": 5},
+        {"event": "hold", "rank": 12},
+    ]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    args = SimpleNamespace(
+        prompt=None,
+        ab=None,
+        model=str(tmp_path),
+        events=str(tmp_path / "events.jsonl"),
+        tone=None,
+        style=None,
+        seed=0,
+        rollout=0.1,
+    )
+    items, errors = generate.read_items(args)
+    assert [(it["line"], it["board"]) for it in items] == [(1, str(tmp_path / "board.png")), (4, None)]
+    assert items[0]["prompt"] == "the green row climbs from #7 to #3, on the board #5 to #1, ranks 3 to 7"
+    assert errors[0].startswith("line 2: skipped: board: ") and "is not an image" in errors[0]
+    assert errors[1].startswith("line 3: skipped: board: expected the path of an image file")
+    bad = SimpleNamespace(prompt=["x"], image=str(tmp_path / "notes.txt"), seed=0)
+    with pytest.raises(generate.InputError, match=r"^--image: .*is not an image"):
+        generate.read_items(bad)
