@@ -12,8 +12,9 @@ was bad). A missing / unreadable --events, an --out that cannot be written, a ba
 before any model loads where possible. An --out holding an earlier run's videos or manifest is refused unless
 --overwrite. ``--out/manifest.jsonl`` (rewritten atomically after every batch) has one row per video (path,
 variant, model, profile, prompt, seconds, steps, seed, line, size); user names only with --include-user.
---deadline picks each batch's profile from the throughput measured on the run, --watch runs a worker behind a
-spool folder that makes one video per event id (both in wan2/serve; README "Generate").
+An event's ``"board": "path.png"`` (or ``--image`` for every prompt) is the first frame the video continues (a
+TI2V model). --deadline picks each batch's profile from the throughput measured on the run, --watch runs a
+worker behind a spool folder that makes one video per event id (both in wan2/serve; README "Generate").
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from wan2.serve.events import InputError
+from wan2.serve.events import board_path as _board
 from wan2.serve.events import event_lines as _event_lines
 from wan2.serve.events import one_line as _one_line
 from wan2.serve.events import parse_json as _parse_json
@@ -56,6 +58,10 @@ def read_items(args) -> tuple[list[dict], list[str]]:
     from wan2.rollout import assign_variant
 
     if args.prompt:
+        try:
+            board = _board(getattr(args, "image", None), "--image")
+        except ValueError as err:
+            raise InputError(str(err)) from None
         items, errors = [], []
         for i, p in enumerate(args.prompt):
             if not p.strip():
@@ -69,6 +75,7 @@ def read_items(args) -> tuple[list[dict], list[str]]:
                     "user_id": None,
                     "user": None,
                     "variant": None,
+                    "board": board,
                 }
             )
         return items, errors
@@ -89,6 +96,7 @@ def read_items(args) -> tuple[list[dict], list[str]]:
             if args.ab and user_id is None:
                 raise ValueError("user_id: missing (--ab routes by user_id, or user)")
             variant = assign_variant(str(user_id), args.rollout) if args.ab else None
+            board = _board(event.get("board"), "board")
         except Exception as err:  # noqa: BLE001  (untrusted input: any fault of one line skips that line)
             errors.append(f"line {n}: skipped: {_one_line(err)}")
             continue
@@ -100,6 +108,7 @@ def read_items(args) -> tuple[list[dict], list[str]]:
                 "user_id": user_id,
                 "user": user,
                 "variant": variant,
+                "board": board,
             }
         )
     if not items and not errors:
@@ -268,6 +277,9 @@ def main(argv=None) -> int:
         default=None,
         help="one scale for all LoRAs, or one per --lora",
     )
+    p.add_argument(
+        "--image", default=None, help="with --prompt: the first frame every video continues (TI2V)"
+    )
     p.add_argument("--tone", default=None, help="event tone (wan2.prompts.TONES)")
     p.add_argument("--style", default=None, help="style words appended to event prompts")
     p.add_argument("--include-user", action="store_true", help="record user names in manifest.jsonl")
@@ -381,8 +393,12 @@ def run(args, earlier: list[dict]) -> int:
             chunk = todo[i : i + pick.batch]
             i += len(chunk)
             try:
+                boards = [it.get("board") for it in chunk]
                 videos = pick.model.generate(
-                    [it["prompt"] for it in chunk], seed=[it["seed"] for it in chunk], **pick.kwargs
+                    [it["prompt"] for it in chunk],
+                    seed=[it["seed"] for it in chunk],
+                    **pick.kwargs,
+                    **({"image": boards} if any(boards) else {}),  # TI2V: each event's board as frame 0
                 )
             except NonFiniteVideoError as err:  # keep the batch's finite videos, report the others
                 videos = err.videos

@@ -138,3 +138,14 @@ def test_logger_step_and_csv_writer_hooks_exist():
     assert t.fit_loop.epoch_loop._batches_that_stepped == 123
     for name in compat.CSV_WRITER_PRIVATE_METHODS:
         assert callable(getattr(ExperimentWriter, name, None)), name
+
+
+def test_i2v_prompt_clean_works_without_ftfy():
+    """``pipeline_wan_i2v.basic_clean`` exists and, after the shim, cleans a prompt with or without ftfy."""
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    from wan2.compat import i2v_prompt_clean_without_ftfy
+
+    assert callable(pipeline_wan_i2v.basic_clean)
+    i2v_prompt_clean_without_ftfy()
+    assert pipeline_wan_i2v.prompt_clean("  the green row  climbs ") == "the green row climbs"

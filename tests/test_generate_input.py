@@ -71,7 +71,7 @@ BAD_LINES = {
     _line(event="\x1b[31mred"): "event: ",
     _line(event=["rank_up"]): "event: ",
     _line(color="\ud800"): "color",
-    _line(new_rank=9): "off the board",
+    _line(new_rank=2_000_000): "above 1,000,000",
 }
 
 

@@ -78,7 +78,18 @@ def test_watch_claims_files_makes_each_id_once_and_reports_bad_lines(tmp_path, c
     spool, out = tmp_path / "spool", tmp_path / "videos"
     spool.mkdir()
     _drop(spool, "a.jsonl", [_event(0), "{not json", _event(1), json.dumps({"event": "hold"}), _event(0)])
-    _drop(spool, "b.jsonl", [_event(1, event="hold"), _event(2), json.dumps({"id": "../x", "event": "hold"})])
+    not_image = tmp_path / "board.png"
+    not_image.write_text("a text file named .png")
+    _drop(
+        spool,
+        "b.jsonl",
+        [
+            _event(1, event="hold"),
+            _event(2),
+            json.dumps({"id": "../x", "event": "hold"}),
+            _event(9, board=str(not_image)),  # a board that is no image: that line fails, named
+        ],
+    )
     (spool / ".c.jsonl.tmp").write_text(_event(7) + "\n")  # a producer still writing: not claimed
     (spool / "notes.txt").write_text(_event(8) + "\n")  # not *.jsonl: not claimed
     assert generate.main(_argv(spool, out, "--max-idle", "0", "--batch", "2")) == 0
@@ -104,7 +115,8 @@ def test_watch_claims_files_makes_each_id_once_and_reports_bad_lines(tmp_path, c
     assert [(r["line"], r["reason"].split(":")[0]) for r in a_bad] == [(2, "not JSON"), (4, "id")]
     assert a_bad[0]["event"] == "{not json" and "missing" in a_bad[1]["reason"]
     b_bad = [json.loads(x) for x in (spool / "failed" / failed["b.jsonl"]).read_text().splitlines()]
-    assert [r["line"] for r in b_bad] == [3] and "is not 1-128 letters" in b_bad[0]["reason"]
+    assert [r["line"] for r in b_bad] == [3, 4] and "is not 1-128 letters" in b_bad[0]["reason"]
+    assert b_bad[1]["reason"] == f"board: {str(not_image)!r} is not an image"
     assert not list((spool / "claimed").rglob("*.jsonl"))
 
     # the same ids dropped again (a producer retrying) make nothing new; a new id does

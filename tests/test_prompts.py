@@ -79,8 +79,13 @@ def test_style_words_and_user_only_when_asked():
         ({"event": "first_entry"}, "new_rank"),
         ({"event": "rank_up", "old_rank": 2, "new_rank": 0}, "new_rank"),
         ({"event": "hold", "rank": -1}, "rank"),
-        ({"event": "rank_down", "old_rank": 2, "new_rank": 6}, "new_rank"),
-        ({"event": "rank_up", "old_rank": 9, "new_rank": 1}, "old_rank"),
+        ({"event": "rank_down", "old_rank": 2, "new_rank": 1_000_001}, "new_rank"),
+        ({"event": "rank_up", "old_rank": 7.0, "new_rank": 1}, "old_rank"),
+        ({"event": "rank_up", "old_rank": 7.5, "new_rank": 1}, "old_rank"),
+        ({"event": "rank_up", "old_rank": False, "new_rank": 1}, "old_rank"),
+        ({"event": "rank_up", "old_rank": -7, "new_rank": 1}, "old_rank"),
+        ({"event": "hold", "rank": 0}, "rank"),
+        ({"event": "first_entry", "new_rank": 10**7}, "new_rank"),
         ({"event": "rank_up", "old_rank": 2, "new_rank": 3}, "new_rank"),
         ({"event": "rank_up", "old_rank": 2, "new_rank": 2}, "new_rank"),
         ({"event": "rank_down", "old_rank": 4, "new_rank": 1}, "new_rank"),
@@ -96,6 +101,62 @@ def test_validation_names_the_field(event, field):
 
 def test_board_size_follows_rows():
     e = {"event": "first_entry", "new_rank": 7}
-    with pytest.raises(ValueError, match="^new_rank:"):
-        event_to_prompt(e)
     assert event_to_prompt(e, rows=8) == "a new green row enters the leaderboard at #7"
+    assert (
+        event_to_prompt(e) == "a new green row enters the leaderboard at #7, on the board at #5, ranks 3 to 7"
+    )
+
+
+@pytest.mark.parametrize(
+    "event, prompt",
+    [  # the real ranks, then (beyond the board's 5 rows) the on-screen slots and the window's ranks
+        (
+            {"event": "rank_up", "old_rank": 7, "new_rank": 3},
+            "the green row climbs from #7 to #3, on the board #5 to #1, ranks 3 to 7",
+        ),
+        (  # a jump longer than the window enters from below (slot 6) and ends on the top row
+            {"event": "rank_up", "old_rank": 128, "new_rank": 97},
+            "the green row climbs from #128 to #97, on the board #6 to #1, ranks 97 to 101",
+        ),
+        (  # a long drop enters from above (slot 0) and ends on the bottom row
+            {"event": "rank_down", "old_rank": 3, "new_rank": 40},
+            "the green row drops from #3 to #40, on the board #0 to #5, ranks 36 to 40",
+        ),
+        (
+            {"event": "first_entry", "new_rank": 40},
+            "a new green row enters the leaderboard at #40, on the board at #5, ranks 36 to 40",
+        ),
+        (
+            {"event": "hold", "rank": 12},
+            "the green row holds #12 with a pulse, on the board at #5, ranks 8 to 12",
+        ),
+        (
+            {"event": "rank_up", "old_rank": "7", "new_rank": 5},
+            "the green row climbs from #7 to #5, on the board #5 to #3, ranks 3 to 7",
+        ),
+        (
+            {"event": "rank_up", "old_rank": 5, "new_rank": 1},
+            "the green row climbs from #5 to #1",
+        ),  # today's board
+    ],
+)
+def test_any_rank_keeps_the_real_ranks_and_adds_the_window(event, prompt):
+    assert event_to_prompt(event) == prompt
+
+
+def test_absurd_ranks_are_one_line_errors_naming_the_field():
+    for value, word in [
+        (0, "below 1"),
+        (-3, "below 1"),
+        (10**6 + 1, "above 1,000,000"),
+        (2.5, "integer"),
+        (True, "integer"),
+        ("1e3", "integer"),
+        (None, "missing"),
+    ]:
+        with pytest.raises(ValueError, match=f"^old_rank: .*{word}") as err:
+            event_to_prompt({"event": "rank_up", "old_rank": value, "new_rank": 1})
+        assert "\n" not in str(err.value)
+    assert event_to_prompt({"event": "rank_up", "old_rank": 10**6, "new_rank": 999_999}).startswith(
+        "the green row climbs from #1000000 to #999999, on the board #5 to #4"
+    )

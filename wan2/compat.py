@@ -80,3 +80,17 @@ def set_logger_step(trainer, step: int) -> None:
 # Private hooks of Lightning's CSV ``ExperimentWriter`` that ``wan2.lightning.loggers`` overrides or calls:
 # ``_check_log_dir_exists`` (deletes an existing metrics.csv: overridden to keep it) and ``_record_new_keys``.
 CSV_WRITER_PRIVATE_METHODS = ("_check_log_dir_exists", "_record_new_keys")
+
+
+def i2v_prompt_clean_without_ftfy() -> None:
+    """Let ``WanImageToVideoPipeline`` clean prompts when ``ftfy`` is not installed, as ``WanPipeline`` does.
+
+    Module attribute: ``diffusers.pipelines.wan.pipeline_wan_i2v.basic_clean`` calls ``ftfy.fix_text`` without
+    the ``is_ftfy_available()`` guard that ``pipeline_wan.basic_clean`` has (diffusers 0.42), so every call
+    without ftfy raises NameError. Replaced by the guarded one; nothing changes where ftfy is installed.
+    """
+    from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
+    from diffusers.utils import is_ftfy_available
+
+    if not is_ftfy_available():
+        pipeline_wan_i2v.basic_clean = pipeline_wan.basic_clean

@@ -42,6 +42,44 @@ DTYPES = {None: None, "bf16": torch.bfloat16, "fp32": torch.float32}
 FAST_MIN_SIDE = 256  # the fast profile only shrinks frames whose short side is above this
 
 
+def load_board(image, height: int, width: int):
+    """A first frame as a PIL RGB image of ``width`` x ``height``: a PIL image, an array (H, W, 3) uint8 or
+    float in [0, 1], or a path to an image file. Another size is resized (a log line says so); anything that
+    is not an image is a one-line ValueError naming ``image``."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as f:
+                pil = f.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            why = (
+                "cannot be read"
+                if isinstance(err, OSError) and not isinstance(err, UnidentifiedImageError)
+                else "is not an image"
+            )
+            raise ValueError(f"image: {str(image)!r} {why} ({type(err).__name__})") from None
+    elif isinstance(image, Image.Image):
+        pil = image.convert("RGB")
+    elif isinstance(image, np.ndarray) or hasattr(image, "numpy"):
+        a = np.asarray(image.numpy() if hasattr(image, "numpy") else image)
+        if a.ndim != 3 or a.shape[-1] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+            raise ValueError(f"image: an array must be (H, W, 3), got {a.shape}")
+        if a.dtype != np.uint8:
+            if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+                raise ValueError(f"image: an array must be uint8 or finite floats in [0, 1], got {a.dtype}")
+            a = (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        pil = Image.fromarray(a, "RGB")
+    else:
+        raise ValueError(
+            f"image: expected a PIL image, an (H, W, 3) array or a path, got {type(image).__name__}"
+        )
+    if pil.size != (width, height):
+        log.info("image: %dx%d resized to %dx%d (the video's size)", pil.size[1], pil.size[0], height, width)
+        pil = pil.resize((width, height), Image.LANCZOS)
+    return pil
+
+
 class NonFiniteVideoError(RuntimeError):
     """Generated frames held NaN / Inf (the model or a LoRA diverged): an error, never a black mp4.
 
@@ -112,6 +150,7 @@ class Wan2T2V:
         self.defaults = {k: backbone.extra.get(k, v) for k, v in PIPELINE_DEFAULTS.items()}
         self.rows = int(backbone.extra.get("rows", 5))
         self.lora_names: list[str] = []
+        self._i2v = None  # WanImageToVideoPipeline over the same modules, made on the first image
 
     @classmethod
     def from_pretrained(
@@ -259,9 +298,16 @@ class Wan2T2V:
         num_inference_steps: int | None = None,
         seed: int | list[int] = 0,
         negative_prompt: str = "",
+        image=None,
     ) -> GeneratedVideo | list[GeneratedVideo]:
         """One video for a string, a list for a list of prompts (video i is what ``prompts[i]`` alone with
-        ``seed + i`` gives). Unset arguments come from the export's wan2.json."""
+        ``seed + i`` gives). Unset arguments come from the export's wan2.json.
+
+        ``image`` (TI2V: a model trained with a first frame, ``expand_timesteps``): the first frame every
+        video continues (a PIL image, an (H, W, 3) array or a path; resized to the video's size with a log
+        line), or a list with one per prompt (None: text only), run through stock ``WanImageToVideoPipeline``."""
+        if isinstance(image, (list, tuple)):
+            return self._generate_each(prompt, image, seed, locals())
         d = self.defaults
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -286,6 +332,10 @@ class Wan2T2V:
         # every count gains a frame. Ask for n - 1 there so the pipeline lands on n.
         t = self.backbone.t_stride
         ask = num_frames - 1 if t == 1 and num_frames > 1 else num_frames
+        pipe, extra = self.pipe, {}
+        if image is not None:
+            pipe = self.image_pipeline()
+            extra["image"] = load_board(image, height, width)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         finite = torch.ones(len(prompts), dtype=torch.bool)  # per video: latents finite at every step
 
@@ -294,7 +344,8 @@ class Wan2T2V:
             return {}
 
         start = time.perf_counter()
-        out = self.pipe(
+        out = pipe(
+            **extra,
             prompt=prompts,
             negative_prompt=negative_prompt,
             num_frames=ask,
@@ -328,3 +379,66 @@ class Wan2T2V:
                 bad,
             )
         return videos[0] if isinstance(prompt, str) else videos
+
+    def _generate_each(self, prompt, images, seed, args: dict) -> list[GeneratedVideo]:
+        """``generate`` with one image (or None) per prompt: one pipeline call per prompt, seeds as a batch's."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if len(images) != len(prompts):
+            raise ValueError(f"image: {len(images)} images for {len(prompts)} prompts")
+        seeds = (
+            list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(len(prompts))]
+        )
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seed: {len(seeds)} seeds for {len(prompts)} prompts")
+        for im in images:  # every image checked before the first video is made
+            if im is not None:
+                load_board(
+                    im,
+                    int(args["height"] or self.defaults["height"]),
+                    int(args["width"] or self.defaults["width"]),
+                )
+        keep = {k: v for k, v in args.items() if k not in ("self", "prompt", "seed", "image", "__class__")}
+        videos, bad = [], []
+        for i, (p, im, s) in enumerate(zip(prompts, images, seeds)):
+            try:
+                videos.append(self.generate(p, seed=s, image=im, **keep))
+            except NonFiniteVideoError:
+                videos.append(None)
+                bad.append(i)
+        if bad:
+            raise NonFiniteVideoError(
+                f"frames: video {bad[0]} of {len(prompts)} (seed {seeds[bad[0]]}) holds NaN / Inf values: the model "
+                f"or a LoRA diverged ({len(bad)} such video{'s' * (len(bad) > 1)}); nothing is saved for it",
+                videos,
+                bad,
+            )
+        return videos
+
+    def image_pipeline(self):
+        """Stock ``WanImageToVideoPipeline(expand_timesteps=True)`` over this model's modules (no copies)."""
+        if not self.backbone.expand_timesteps:
+            raise ValueError(
+                "image: this model does not continue a first frame (its export has expand_timesteps false); "
+                "use a TI2V model (Wan2.2-TI2V-5B, pretrained/wan_tiny_ti2v, objective.first_frame_p > 0)"
+            )
+        if self._i2v is None:
+            from diffusers import WanImageToVideoPipeline
+
+            from wan2.compat import i2v_prompt_clean_without_ftfy
+
+            i2v_prompt_clean_without_ftfy()
+            bb = self.backbone
+            self._i2v = WanImageToVideoPipeline(
+                tokenizer=bb.tokenizer,
+                text_encoder=bb.text_encoder,
+                vae=bb.vae,
+                scheduler=self.pipe.scheduler,
+                transformer=bb.transformer,
+                transformer_2=bb.transformer_2,
+                boundary_ratio=bb.boundary_ratio,
+                expand_timesteps=True,
+            )
+            if self.offload is not None:
+                offload_pipeline(self._i2v, self.offload, self.device)
+            self._i2v.set_progress_bar_config(disable=True)
+        return self._i2v

@@ -8,6 +8,11 @@ tokens, so the caption always comes first and the extras after it.
 User names stay out of prompts by default (``include_user=False``): the tiny text encoder has never seen a
 name, so a name only shifts the conditioning away from the captions it was trained on (and names would then
 leave the machine in any prompt log).
+
+Any positive rank up to ``MAX_RANK``: the board shows a window of ``rows`` consecutive ranks around the move
+(``wan2.data.window``). The prompt keeps the real ranks and, for an event beyond the first rows, adds the
+window's on-screen slots and ranks (``Window.phrase``: the tiny text encoder learns the slots' words, not
+arithmetic on rank numbers it never saw).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wan2.data.rankjump import EVENTS, caption_for, resolve_colour
+from wan2.data.window import check_move, check_rank
 
 
 @dataclass(frozen=True)
@@ -38,27 +44,16 @@ TONES: dict[str, Tone] = {
 }
 
 
-def _rank(event: dict, key: str, rows: int) -> int:
-    """An integer rank in 1..rows taken from ``event[key]``; ValueError naming the field otherwise."""
+def _rank(event: dict, key: str) -> int:
+    """An integer rank in 1..MAX_RANK taken from ``event[key]``; ValueError naming the field otherwise."""
     if key not in event or event[key] is None:
         raise ValueError(f"{key}: missing for a {event['event']} event")
-    value = event[key]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, str))
-        or not str(value).strip().lstrip("-").isdigit()
-    ):
-        raise ValueError(f"{key}: {value!r} is not an integer rank")
-    rank = int(value)
-    if rank < 1:
-        raise ValueError(f"{key}: {rank} is below 1 (ranks start at #1)")
-    if rank > rows:
-        raise ValueError(f"{key}: {rank} is off the board (ranks 1..{rows})")
-    return rank
+    return check_rank(key, event[key])
 
 
 def parse_event(event: dict, rows: int = 5) -> tuple[str, int | None, int, str]:
-    """Validated ``(event, old_rank, new_rank, colour)``; every error names the offending field."""
+    """Validated ``(event, old_rank, new_rank, colour)``; every error names the offending field. Any rank in
+    1..MAX_RANK is valid: ``rows`` is the board's height, beyond which the event is shown in a window."""
     if not isinstance(event, dict):
         raise ValueError(f"event: expected a JSON object, got {type(event).__name__}")
     kind = event.get("event")
@@ -69,17 +64,14 @@ def parse_event(event: dict, rows: int = 5) -> tuple[str, int | None, int, str]:
     old = None
     if kind == "hold":  # defending a rank: `rank`, else `new_rank`, else the top
         key = "rank" if "rank" in event else "new_rank"
-        new = _rank(event, key, rows) if key in event else 1
+        new = _rank(event, key) if key in event else 1
         old = new
     elif kind == "first_entry":
-        new = _rank(event, "new_rank", rows)
+        new = _rank(event, "new_rank")
     else:
-        old = _rank(event, "old_rank", rows)
-        new = _rank(event, "new_rank", rows)
-        if kind == "rank_up" and new >= old:
-            raise ValueError(f"new_rank: #{new} is not better than old_rank #{old} for a rank_up")
-        if kind == "rank_down" and new <= old:
-            raise ValueError(f"new_rank: #{new} is not worse than old_rank #{old} for a rank_down")
+        old = _rank(event, "old_rank")
+        new = _rank(event, "new_rank")
+        check_move(kind, old, new)
     key = "colour" if "colour" in event else "color"
     try:
         colour = resolve_colour(str(event.get(key, "green")))
@@ -104,7 +96,7 @@ def event_to_prompt(
         if kind not in TONES[tone].events:
             raise ValueError(f"tone: {tone!r} does not fit a {kind} event (fits {list(TONES[tone].events)})")
         template, phrase = TONES[tone].template, TONES[tone].phrase
-    parts = [caption_for(kind, old, new, colour, template=template)]
+    parts = [caption_for(kind, old, new, colour, template=template, rows=rows)]
     if phrase:
         parts.append(phrase)
     words = [style] if isinstance(style, str) else list(style or [])

@@ -9,6 +9,10 @@ A board of ``rows`` gray bars, one highlighted in a named colour, and one event:
 - ``first_entry``: a new row slides in from below the board to ``new_rank``; the rows below shift down and the
   last one drops off the board.
 
+Any positive rank: the board shows a window of ``rows`` consecutive ranks around the move (``wan2.data.window``);
+ranks beyond the first rows are drawn as slots of that window, and the caption adds the window. A
+``window_mix`` share of a dataset's clips are such windowed events.
+
 Everything is deterministic in the seed. Frames are ``uint8`` arrays ``(F, H, W, 3)``.
 """
 
@@ -20,6 +24,16 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from wan2.data.window import (
+    MAX_RANK,
+    Window,
+    check_move,
+    check_rank,
+    ranks_for_slots,
+    window_for,
+    windowed_slots,
+)
 
 EVENTS = ("rank_up", "rank_down", "hold", "first_entry")
 
@@ -108,6 +122,8 @@ class RankJumpConfig:
         default_factory=lambda: {"rank_up": 0.02, "rank_down": 0.33, "hold": 0.3, "first_entry": 0.35}
     )
     heldout_fraction: int = 6  # one colour in this many is held out per (event, old, new)
+    window_mix: float = 0.0  # share of clips with ranks beyond the first ``rows`` (a window of the board)
+    max_rank: int = 1000  # windowed clips draw ranks up to this (log-uniform)
 
     def __post_init__(self):
         if self.num_frames < 1 or (self.num_frames - 1) % 4 != 0:
@@ -124,6 +140,10 @@ class RankJumpConfig:
             raise ValueError(f"mix: unknown events {sorted(bad)}; allowed {list(EVENTS)}")
         if sum(self.mix.values()) <= 0 or min(self.mix.values()) < 0:
             raise ValueError(f"mix: weights must be >= 0 with a positive sum, got {self.mix}")
+        if not 0.0 <= self.window_mix <= 1.0:
+            raise ValueError(f"window_mix: {self.window_mix} is outside [0, 1]")
+        if not 2 * self.rows <= self.max_rank <= MAX_RANK:
+            raise ValueError(f"max_rank: {self.max_rank} is outside {2 * self.rows}..{MAX_RANK}")
 
     @property
     def geometry(self) -> BoardGeometry:
@@ -169,10 +189,15 @@ def is_heldout(event: str, old: int | None, new: int, colour: str, cfg: RankJump
     return colour in held
 
 
-def split_combos(cfg: RankJumpConfig, event: str, split: str) -> list[tuple[int | None, int, str]]:
-    """(old, new, colour) triples of an event that a split may use: ``heldout`` only the held-out ones."""
+def split_combos(
+    cfg: RankJumpConfig, event: str, split: str, windowed: bool = False
+) -> list[tuple[int | None, int, str]]:
+    """(old, new, colour) triples of an event that a split may use: ``heldout`` only the held-out ones.
+
+    ``windowed``: the (old_slot, new_slot) pairs of events beyond the first rows instead (held out the same
+    way, by slots: a held-out windowed clip is a slot motion and colour never trained together)."""
     out = []
-    for old, new in combos(cfg.rows, event):
+    for old, new in windowed_slots(cfg.rows, event) if windowed else combos(cfg.rows, event):
         for colour in cfg.colours:
             held = is_heldout(event, old, new, colour, cfg)
             if (split == "heldout") == held:
@@ -210,9 +235,12 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
-def caption_for(event: str, old: int | None, new: int, colour: str, template: int = 0) -> str:
+def caption_for(event: str, old: int | None, new: int, colour: str, template: int = 0, rows: int = 5) -> str:
+    """The caption with the real ranks; a windowed event (a rank beyond ``rows``) adds its window's phrase."""
     options = TEMPLATES[event]
-    return options[template % len(options)].format(colour=colour, old=old, new=new)
+    text = options[template % len(options)].format(colour=colour, old=old, new=new)
+    window = window_for(event, old, new, rows)
+    return f"{text}, {window.phrase()}" if window.windowed else text
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -241,8 +269,9 @@ def _fill(img: np.ndarray, y0: float, y1: float, x0: float, x1: float, rgb) -> N
 def trajectory(event: str, old: int | None, new: int, rows: int, num_frames: int) -> dict[str, np.ndarray]:
     """Continuous slot position per frame of the highlighted row and of every other row.
 
-    Returns ``{"highlight": (F,), "others": (rows_shown, F)}``; positions are 1-based ranks, rows at
-    ``rows + 1`` or beyond are off the board.
+    ``old`` / ``new`` are slots (``Window.old_slot`` / ``new_slot``): 1..rows, or an old slot of 0 (a rank_down
+    entering from above) or rows + 1 (a rank_up entering from below). Returns ``{"highlight": (F,), "others":
+    (rows_shown, F)}``; positions are 1-based slots, below 0.5 or above rows + 0.5 off the board.
     """
     t = np.linspace(0.0, 1.0, num_frames)
     s = ease_in_out(t)  # (F,)
@@ -274,7 +303,8 @@ def render(
     colour: str,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one clip. Returns frames ``(F, H, W, 3)`` uint8 and the highlight centre y per frame ``(F,)``."""
+    """Draw one clip (``old`` / ``new`` are slots of the window, see ``trajectory``). Returns frames
+    ``(F, H, W, 3)`` uint8 and the highlight centre y per frame ``(F,)``."""
     geo = cfg.geometry
     F, H, W = cfg.num_frames, cfg.height, cfg.width
     traj = trajectory(event, old, new, cfg.rows, F)
@@ -284,7 +314,7 @@ def render(
     jitter = float(rng.uniform(0.93, 1.0))
 
     def length_of_rank(r: float) -> float:
-        return base_len * (1.0 - 0.09 * (r - 1)) * jitter
+        return base_len * (1.0 - 0.09 * (min(max(r, 1.0), cfg.rows) - 1)) * jitter
 
     bar_h = 0.66 * geo.pitch
     rgb = PALETTE[colour]
@@ -295,7 +325,7 @@ def render(
         img = np.empty((H, W, 3), dtype=np.float32)
         img[:] = BACKGROUND
         for pos in traj["others"][:, f]:
-            if pos > cfg.rows + 0.5:
+            if pos > cfg.rows + 0.5 or pos < 0.5:
                 continue
             y = geo.slot_y(pos)
             _fill(img, y - bar_h / 2, y + bar_h / 2, x0, x0 + length_of_rank(min(pos, cfg.rows)), BAR_GRAY)
@@ -360,6 +390,7 @@ class RankJump:
         self._probs = np.array([weights[e] for e in self._events], dtype=np.float64)
         self._probs /= self._probs.sum()
         self._combos = {e: split_combos(self.cfg, e, self.split) for e in self._events}
+        self._windowed = {e: split_combos(self.cfg, e, self.split, windowed=True) for e in self._events}
 
     def __len__(self) -> int:
         return self.size
@@ -372,8 +403,12 @@ class RankJump:
             raise IndexError(index)
         rng = np.random.default_rng(self.seed_of(index))
         event = self._events[int(rng.choice(len(self._events), p=self._probs))]
-        options = self._combos[event]
+        # drawn only when window_mix > 0, so that today's datasets keep every clip
+        windowed = self.cfg.window_mix > 0 and rng.random() < self.cfg.window_mix
+        options = (self._windowed if windowed else self._combos)[event]
         old, new, colour = options[int(rng.integers(len(options)))]
+        if windowed:  # slots -> real ranks beyond the first rows
+            old, new = ranks_for_slots(event, old, new, self.cfg.rows, rng, self.cfg.max_rank)
         return make_clip(
             self.cfg, event, old, new, colour, rng=rng, split=self.split, seed=self.seed_of(index)
         )
@@ -391,7 +426,8 @@ def make_clip(
     split: str = "custom",
     template: int | None = None,
 ) -> Clip:
-    """Render one event. ``old`` is ignored (None) for ``first_entry``; ``hold`` uses ``new`` for both."""
+    """Render one event with any ranks 1..MAX_RANK (a window of the board, ``window_of``). ``old`` is ignored
+    (None) for ``first_entry``; ``hold`` uses ``new`` for both."""
     if event not in EVENTS:
         raise ValueError(f"event: {event!r} is not one of {list(EVENTS)}")
     colour = resolve_colour(colour)
@@ -399,12 +435,16 @@ def make_clip(
         old = None
     if event == "hold":
         old = new if old is None else old
-    if (old, new) not in combos(cfg.rows, event):
-        raise ValueError(f"old_rank/new_rank: ({old}, {new}) is not a valid {event} on {cfg.rows} rows")
+    new = check_rank("new_rank", new)
+    old = None if old is None else check_rank("old_rank", old)
+    if old is None and event != "first_entry":
+        raise ValueError(f"old_rank: missing for a {event} event")
+    check_move(event, old, new)
+    window = window_for(event, old, new, cfg.rows)
     rng = rng if rng is not None else np.random.default_rng(seed)
     template = int(rng.integers(len(TEMPLATES[event]))) if template is None else template
-    frames, centres = render(cfg, event, old, new, colour, rng)
-    caption = caption_for(event, old, new, colour, template)
+    frames, centres = render(cfg, event, window.old_slot, window.new_slot, colour, rng)
+    caption = caption_for(event, old, new, colour, template, rows=cfg.rows)
     meta = {
         "event": event,
         "old_rank": old,
@@ -421,4 +461,17 @@ def make_clip(
         "split": split,
         "caption": caption,
     }
+    if window.windowed:  # the rank on the board's first row (absent: today's board, rows 1..rows)
+        meta["window_top"] = window.top
     return Clip(frames=frames, caption=caption, meta=meta)
+
+
+def window_of(meta: dict) -> Window:
+    """The board window of a clip's metadata (``window_top`` when recorded, else the rule of ``window_for``)."""
+    w = window_for(meta["event"], meta["old_rank"], meta["new_rank"], meta["rows"])
+    top = meta.get("window_top")
+    if top is None or top == w.top:
+        return w
+    old = meta["old_rank"]
+    old_slot = None if old is None else min(max(old - top + 1, 0), meta["rows"] + 1)
+    return Window(top, meta["rows"], old_slot, meta["new_rank"] - top + 1)

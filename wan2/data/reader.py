@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wan2.data.rankjump import PALETTE, BoardGeometry, hue_of
+from wan2.data.rankjump import PALETTE, BoardGeometry, hue_of, window_of
+from wan2.data.window import Window, window_for
 
 SAT_MIN = 0.45  # gray bars and the background have saturation ~0
 VAL_MIN = 0.3
@@ -95,25 +96,50 @@ def judge(
     colour: str,
     geometry: BoardGeometry,
     tolerance: float = 0.35,
+    window: Window | int | None = None,
 ) -> dict:
     """Did the clip show the asked-for motion? Returns per-criterion booleans and ``trajectory_ok``.
 
-    - start / end: the rank read on the first / last frame equals the asked one (first_entry starts off the
-      board: no highlight or below the last row);
+    ``old_rank`` / ``new_rank`` are real ranks, judged on the board ``window`` the clip was given (a ``Window``,
+    or the rank on its first row; None: ``window_for``'s rule, rows 1..rows for today's events): the reader
+    sees slots, so each rank becomes its slot on that window.
+
+    - start / end: the slot read on the first / last frame equals the asked one (first_entry, and a jump
+      entering from the window's edge, start off the board: no highlight or beyond that edge);
     - monotonic: the position never moves against the event's direction by more than ``tolerance`` rows
       (hold: never leaves its slot by more than ``tolerance``);
     - visible: the highlight is in every frame (first_entry: from the moment it enters on);
     - colour: the read colour is the asked one.
     """
-    reading = read_clip(frames, geometry)
-    pos, vis = reading.position, reading.visible
     rows = geometry.rows
     if event == "first_entry":
-        start_ok = (not vis[0]) or pos[0] > rows + 0.5 - tolerance
+        old_rank = None
+    if not isinstance(window, Window):
+        w = window_for(event, old_rank, new_rank, rows)
+        if window is not None and window != w.top:
+            w = window_of(
+                {
+                    "event": event,
+                    "old_rank": old_rank,
+                    "new_rank": new_rank,
+                    "rows": rows,
+                    "window_top": window,
+                }
+            )
+        window = w
+    old_rank, new_rank = window.old_slot, window.new_slot  # judged as slots of the window from here on
+    reading = read_clip(frames, geometry)
+    pos, vis = reading.position, reading.visible
+    if old_rank is None or old_rank in (0, rows + 1):  # enters: from below (rows + 1) or above (0)
+        if old_rank == 0:
+            start_ok = (not vis[0]) or pos[0] < 0.5 + tolerance
+        else:
+            start_ok = (not vis[0]) or pos[0] > rows + 0.5 - tolerance
         entered = np.argmax(vis) if vis.any() else len(vis)
         visible_ok = bool(vis.any()) and bool(vis[entered:].all())
     else:
-        start_ok = bool(vis[0]) and int(reading.rank[0]) == old_rank
+        # ranks are clipped to 1 at the top: a row above the board's top edge (entering from above) is not on #1
+        start_ok = bool(vis[0]) and int(reading.rank[0]) == old_rank and pos[0] >= 0.5
         visible_ok = bool(vis.all())
     end_ok = bool(vis[-1]) and int(reading.rank[-1]) == new_rank
     p = pos[vis]
@@ -153,6 +179,8 @@ def _expected_positions(event, old, new, rows, n) -> np.ndarray:
 
 
 def judge_meta(frames, meta: dict) -> dict:
-    """``judge`` with the asked-for event taken from a RankJump metadata dict."""
+    """``judge`` with the asked-for event (and its board window) taken from a RankJump metadata dict."""
     geo = BoardGeometry(meta["height"], meta["width"], meta["rows"])
-    return judge(frames, meta["event"], meta["old_rank"], meta["new_rank"], meta["colour"], geo)
+    return judge(
+        frames, meta["event"], meta["old_rank"], meta["new_rank"], meta["colour"], geo, window=window_of(meta)
+    )

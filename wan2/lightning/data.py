@@ -148,7 +148,10 @@ class LatentDataModule(RankJumpDataModule):
 
         from wan2.data.cache import module_fingerprint
 
-        key = json.dumps({"rj": asdict(self.rj_cfg), "n": self.hparams.num_train}, sort_keys=True)
+        rj = asdict(self.rj_cfg)
+        if rj["window_mix"] == 0:  # no windowed clips: the key (and the cache) of the data before windows
+            del rj["window_mix"], rj["max_rank"]
+        key = json.dumps({"rj": rj, "n": self.hparams.num_train}, sort_keys=True)
         data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
         return (
             Path(self.hparams.cache_dir)

@@ -77,10 +77,9 @@ def high_noise(sigma: torch.Tensor, boundary: float) -> torch.Tensor:
     return is_high_noise(sigma * NUM_TRAIN_TIMESTEPS, boundary, NUM_TRAIN_TIMESTEPS)
 
 
-def _run(model, zt: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    return model(
-        hidden_states=zt, timestep=sigma * NUM_TRAIN_TIMESTEPS, encoder_hidden_states=cond, return_dict=False
-    )[0]
+def _run(model, zt: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, timestep=None) -> torch.Tensor:
+    t = sigma * NUM_TRAIN_TIMESTEPS if timestep is None else timestep  # (B,) or per token (B, L)
+    return model(hidden_states=zt, timestep=t, encoder_hidden_states=cond, return_dict=False)[0]
 
 
 def _zero_touch(model) -> torch.Tensor | None:
@@ -91,17 +90,25 @@ def _zero_touch(model) -> torch.Tensor | None:
 
 
 def routed_velocity(
-    high, low, zt: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, boundary: float | None
+    high,
+    low,
+    zt: torch.Tensor,
+    sigma: torch.Tensor,
+    cond: torch.Tensor,
+    boundary: float | None,
+    timestep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Velocity prediction (B, C, F', H', W'): with one model (the other None) it runs every sample; with both,
-    samples with t >= boundary go to ``high`` and the rest to ``low``, and the outputs return in batch order."""
+    samples with t >= boundary go to ``high`` and the rest to ``low``, and the outputs return in batch order.
+    ``timestep``: per-token timesteps (B, L) (first-frame conditioning); None: 1000 sigma per sample."""
     if low is None or high is None:
-        return _run(high if low is None else low, zt, sigma, cond)
+        return _run(high if low is None else low, zt, sigma, cond, timestep)
     is_high = high_noise(sigma, boundary)  # (B,)
     outs, order, touch = [], [], []
     for model, idx in ((high, is_high.nonzero().squeeze(1)), (low, (~is_high).nonzero().squeeze(1))):
         if idx.numel():
-            outs.append(_run(model, zt[idx], sigma[idx], cond[idx]))  # (b, C, F', H', W')
+            ts = None if timestep is None else timestep[idx]
+            outs.append(_run(model, zt[idx], sigma[idx], cond[idx], ts))  # (b, C, F', H', W')
             order.append(idx)
         elif (t := _zero_touch(model)) is not None:
             touch.append(t)

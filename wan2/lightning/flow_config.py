@@ -64,6 +64,10 @@ class FlowMatchingConfig(ObjectiveSettings):
         False  # the text encoder trains too (flow_matching.yaml: model.train_text_encoder)
     )
     text_lr_scale: float = 1.0  # the text encoder's lr = lr x this
+    # TI2V (Wan2.2 text-image-to-video): the share of samples conditioned on their clean first latent frame
+    # (t = 0 on its tokens, left out of the loss; the export then has expand_timesteps and continues a given
+    # first frame in WanImageToVideoPipeline). 0: text-to-video only; Wan2.2's own code hints 0.2.
+    first_frame_p: float = 0.0
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)  # validation / export sampling
 
     def check(self, at: str) -> None:
@@ -82,6 +86,7 @@ class FlowMatchingConfig(ObjectiveSettings):
         check_num(f"{at}.caption_dropout", self.caption_dropout, 0, 1)
         check_num(f"{at}.ema_decay", self.ema_decay, 0, 1, hi_open=True)
         check_num(f"{at}.text_lr_scale", self.text_lr_scale, 0)
+        check_num(f"{at}.first_frame_p", self.first_frame_p, 0, 1)
         check_bool(f"{at}.train_text_encoder", self.train_text_encoder)
         check_choice(f"{at}.loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         check_choice(f"{at}.expert", self.expert, EXPERTS, none_ok=True)

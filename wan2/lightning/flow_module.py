@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from wan2.backbones.stack import WanBackbone
 from wan2.compat import attached_trainer
@@ -25,6 +24,8 @@ from wan2.diffusion import (
     sample_training_sigmas,
     velocity_target,
 )
+from wan2.diffusion.first_frame import first_frame_loss, paste_first_frame, token_timesteps
+from wan2.diffusion.flow import NUM_TRAIN_TIMESTEPS
 from wan2.lightning.ema import EMA
 from wan2.lightning.experts import expert_timesteps, experts_on, resolve_expert, routed_velocity
 from wan2.lightning.flow_config import FlowMatchingConfig
@@ -78,6 +79,8 @@ class FlowMatchingModule(L.LightningModule):
         self.save_hyperparameters(cfg.to_dict(), logger=False)  # wan2.tasks logs the config
         self.timestep_cfg = expert_timesteps(cfg.timesteps.to_dict(), self.expert, backbone.boundary_ratio)
         self.sample_cfg = cfg.sample.to_dict()
+        if cfg.first_frame_p > 0:  # trained with per-token timesteps: the export continues a first frame
+            backbone.expand_timesteps = True
         self.backbone.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(cfg.train_text_encoder)
         self.text_encoder.train(cfg.train_text_encoder)
@@ -122,12 +125,33 @@ class FlowMatchingModule(L.LightningModule):
             if m is not None
         ]
 
-    def velocity(self, zt: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def velocity(
+        self,
+        zt: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: torch.Tensor,
+        first_frame: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, C, F', H', W') prediction at timestep 1000 sigma; when both A14B experts train, each sample goes to
-        the expert of its sigma (``wan2.lightning.experts.routed_velocity``)."""
+        the expert of its sigma (``wan2.lightning.experts.routed_velocity``). ``first_frame`` (B,) bool: those
+        samples' latent frame 0 is clean (timestep 0 on its tokens; per-token timesteps for the batch)."""
+        timestep = None
+        if first_frame is not None:
+            timestep = token_timesteps(
+                sigma * NUM_TRAIN_TIMESTEPS, zt.shape[-3:], self.backbone.patch_size, first_frame
+            )  # (B, L)
         return routed_velocity(
-            self.transformer, self.transformer_2, zt, sigma, cond, self.backbone.boundary_ratio
+            self.transformer, self.transformer_2, zt, sigma, cond, self.backbone.boundary_ratio, timestep
         )
+
+    def first_frame_draw(self, batch, size: int) -> torch.Tensor | None:
+        """(B,) bool: the samples conditioned on their first latent frame (share ``first_frame_p``), or None."""
+        p = self.hparams.get("first_frame_p", 0.0)
+        if p <= 0:
+            return None
+        gens = self.sample_rng(batch, "first_frame")
+        u = rand_per_sample(gens) if gens is not None else torch.rand(size)  # (B,)
+        return u < p
 
     # -- conditioning ---------------------------------------------------------------------------------
     def text_condition(self, batch) -> torch.Tensor:
@@ -175,10 +199,12 @@ class FlowMatchingModule(L.LightningModule):
             )  # (B,)
         sigma = sigma.to(x0.device)
         zt = add_noise(x0, noise, sigma)
-        pred = self.velocity(zt, sigma, cond)
-        per_sample = F.mse_loss(pred.float(), velocity_target(x0, noise), reduction="none").mean(
-            dim=(1, 2, 3, 4)
-        )
+        first = self.first_frame_draw(batch, x0.shape[0])  # (B,) bool or None
+        if first is not None:  # TI2V: the clean first latent frame, out of the loss
+            first = first.to(x0.device)
+            zt = paste_first_frame(zt, x0[:, :, :1], first)
+        pred = self.velocity(zt, sigma, cond, first)
+        per_sample = first_frame_loss(pred, velocity_target(x0, noise), first)  # (B,)
         if self.hparams.loss_weighting == "bell":
             per_sample = per_sample * bell_weight(sigma.cpu()).to(per_sample)
         return per_sample.mean()
@@ -286,9 +312,11 @@ class FlowMatchingModule(L.LightningModule):
         return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
 
     @torch.no_grad()
-    def generate(self, captions: list[str], meta0: dict, seed: int) -> torch.Tensor:
-        from wan2.sampling import sample_videos
+    def generate(self, captions: list[str], meta0: dict, seed: int, first_frames=None) -> torch.Tensor:
+        """Videos (B, 3, F, H, W); ``first_frames`` (B, 3, H, W) in [-1, 1]: each continues its frame (TI2V)."""
+        from wan2.sampling import encode_first_frame, sample_videos
 
+        first = None if first_frames is None else encode_first_frame(self.backbone, first_frames)
         with experts_on(self.backbone, self.device):  # an idle A14B expert joins for sampling only
             return sample_videos(
                 self.backbone,
@@ -299,6 +327,7 @@ class FlowMatchingModule(L.LightningModule):
                 num_inference_steps=self.sample_cfg["num_inference_steps"],
                 guidance_scale=self.sample_cfg["guidance_scale"],
                 seed=seed,
+                first_latents=first,
             )
 
     def validation_step(self, batch, batch_idx):
@@ -307,8 +336,12 @@ class FlowMatchingModule(L.LightningModule):
         was = self.text_encoder.training
         self.text_encoder.eval()
         with self.ema_weights():
+            # TI2V: validation continues each clip's real first frame (the board an app would send)
+            boards = {}
+            if self.hparams.get("first_frame_p", 0.0) > 0:
+                boards["first_frames"] = batch["video"][:, :, 0]  # (B, 3, H, W)
             video = self.generate(
-                batch["caption"], batch["meta"][0], seed=self.sample_cfg["seed"] + batch_idx
+                batch["caption"], batch["meta"][0], seed=self.sample_cfg["seed"] + batch_idx, **boards
             )
         self.text_encoder.train(was and self.hparams.train_text_encoder)
         scores = judge(video, batch["meta"])  # rank_trajectory/*, colour/accuracy, flicker/score

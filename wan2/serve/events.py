@@ -95,3 +95,20 @@ def event_id(event: dict) -> str:
             "starting with a letter or digit"
         )
     return text
+
+
+def board_path(path, key: str) -> str | None:
+    """An event's ``board`` (or ``--image``): None, or the path of a readable image (ValueError naming ``key``)."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{key}: expected the path of an image file, got {path!r}")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        why = "is not an image" if isinstance(err, UnidentifiedImageError) else "cannot be read"
+        raise ValueError(f"{key}: {path!r} {why}") from None
+    return path

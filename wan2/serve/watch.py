@@ -21,7 +21,16 @@ import time
 import zlib
 from pathlib import Path
 
-from wan2.serve.events import EVENT_ID, InputError, event_id, event_lines, one_line, parse_json, user_field
+from wan2.serve.events import (
+    EVENT_ID,
+    InputError,
+    board_path,
+    event_id,
+    event_lines,
+    one_line,
+    parse_json,
+    user_field,
+)
 from wan2.serve.journal import Journal, lock_folder, publish, recover
 from wan2.serve.profiles import Planner, Throughput, ladder
 
@@ -147,7 +156,7 @@ class Worker:
         return 0
 
     def read(self, path: Path) -> tuple[list[dict], list[dict]]:
-        """Work items ``{id, line, prompt, seed, user, text}`` and failed records ``{line, reason, event}``."""
+        """Work items ``{id, line, prompt, seed, user, text, board}`` and failed records ``{line, reason, event}``."""
         from wan2.prompts import event_to_prompt
 
         items, failed = [], []
@@ -162,11 +171,22 @@ class Worker:
                 prompt = event_to_prompt(event, tone=a.tone, style=a.style, rows=self.rows)
                 vid = event_id(event)
                 user = user_field(event, "user")
+                board = board_path(event.get("board"), "board")  # TI2V: the app's board as frame 0
             except Exception as err:  # noqa: BLE001  (untrusted input: any fault of one line skips that line)
                 failed.append({"line": n, "reason": one_line(err), "event": text})
                 continue
             seed = (a.seed + zlib.crc32(vid.encode())) % 2**32  # per id: a remade video is the same video
-            items.append({"id": vid, "line": n, "prompt": prompt, "seed": seed, "user": user, "text": text})
+            items.append(
+                {
+                    "id": vid,
+                    "line": n,
+                    "prompt": prompt,
+                    "seed": seed,
+                    "user": user,
+                    "text": text,
+                    "board": board,
+                }
+            )
         return items, failed
 
     def process(self, path: Path) -> None:
