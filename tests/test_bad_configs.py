@@ -136,6 +136,11 @@ CASES = {
         "objective.dm_sigma_range",
         "0 < lo < hi <= 1",
     ),
+    "distill_first_frame": (
+        ["experiment=distill_4step", "objective.first_frame_p=0.5"],
+        "objective.first_frame_p",
+        "not supported by distillation",
+    ),
     "fsdp_ema_over_ranks": (
         ["trainer=fsdp", "trainer.num_nodes=2", "trainer.devices=4"],
         "objective.ema_decay",

@@ -70,6 +70,14 @@ ROWS = {  # case -> (manifest text, what the one line must say)
     "meta_event": (json.dumps(GOOD | {"meta": META | {"event": "jump"}}) + "\n", "meta.event 'jump'"),
     "meta_colour": (json.dumps(GOOD | {"meta": META | {"colour": "plaid"}}) + "\n", "meta.colour 'plaid'"),
     "meta_ranks": (json.dumps(GOOD | {"meta": META | {"old_rank": 2, "new_rank": 4}}) + "\n", "ranks (2, 4)"),
+    "meta_rank_zero": (
+        json.dumps(GOOD | {"meta": META | {"old_rank": 0}}) + "\n",
+        "meta.old_rank: 0 is below 1",
+    ),
+    "meta_rank_huge": (
+        json.dumps(GOOD | {"meta": META | {"old_rank": 10**7}}) + "\n",
+        "meta.old_rank: 10000000 is above 1,000,000",
+    ),
     "meta_missing": (json.dumps(GOOD | {"meta": {"event": "hold"}}) + "\n", "meta has no"),
     "deeply_nested": ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: not JSON"),
 }
@@ -164,3 +172,17 @@ def test_invalid_wan2_json_of_an_export_is_one_line(tmp_path, capsys, text, says
         and err[0].startswith(f"error: ckpt: wan2.json: {str(export / 'wan2.json')!r}")
         and says in err[0]
     ), err
+
+
+def test_manifest_rows_with_ranks_beyond_the_board_are_accepted():
+    """generate.py writes any rank (a board window, wan2.data.window): evaluate.py reads those rows."""
+    from wan2.eval.config import _row_problem
+
+    for meta in (
+        META | {"old_rank": 7, "new_rank": 3},
+        META | {"old_rank": 128, "new_rank": 97},
+        {"event": "first_entry", "old_rank": None, "new_rank": 40, "colour": "red"},
+        {"event": "hold", "old_rank": 12, "new_rank": 12, "colour": "red"},
+    ):
+        assert _row_problem(GOOD | {"meta": meta}) is None, meta
+    assert "not a rank_up" in _row_problem(GOOD | {"meta": META | {"old_rank": 97, "new_rank": 128}})

@@ -14,7 +14,8 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wan2.config_check import ConfigError
-from wan2.data.rankjump import EVENTS, PALETTE, combos
+from wan2.data.rankjump import EVENTS, PALETTE
+from wan2.data.window import check_move, check_rank
 
 DTYPES = (None, "bf16", "fp32")  # wan2.inference.DTYPES
 MANIFESTS = (("manifest.jsonl", "path"), ("metadata.jsonl", "file"))  # scripts/generate.py, evaluate.py
@@ -114,8 +115,17 @@ def _row_problem(row) -> str | None:
     if meta["colour"] not in PALETTE:
         return f"meta.colour {meta['colour']!r} is not one of {list(PALETTE)}"
     ranks = (meta["old_rank"], meta["new_rank"])
-    if not all(r is None or _is_int(r) for r in ranks) or ranks not in combos(rows, meta["event"]):
-        return f"meta: ranks {ranks} are not a {meta['event']} on a board of {rows} rows"
+    if not all(r is None or _is_int(r) for r in ranks):
+        return f"meta: ranks {ranks} are not integers"
+    try:  # any rank: a board window shows ranks beyond the first rows (wan2.data.window)
+        first = meta["event"] == "first_entry"
+        old = None if first and ranks[0] is None else check_rank("meta.old_rank", ranks[0])
+        new = check_rank("meta.new_rank", ranks[1])
+        if first and old is not None:
+            raise ValueError("meta.old_rank: a first_entry has no old rank")
+        check_move(meta["event"], old, new)
+    except ValueError as err:
+        return f"meta: ranks {ranks} are not a {meta['event']} ({err})"
     return None
 
 

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from wan2.config_check import ConfigError
-from wan2.data.rankjump import EVENTS, PALETTE, SPLIT_SEED_BASE, TEMPLATES, RankJumpConfig, combos
+from wan2.data.rankjump import EVENTS, PALETTE, SPLIT_SEED_BASE, TEMPLATES, RankJumpConfig
+from wan2.data.window import check_move, check_rank
 
 DEFAULT_SPLIT_VIDEOS = 96
 
@@ -42,7 +43,13 @@ def meta_from_prompt(
             continue
         colour, new = m.group("colour"), int(m.group("new"))
         old = int(m.group("old")) if "old" in m.groupdict() else (new if event == "hold" else None)
-        if colour not in PALETTE or (old, new) not in combos(rows, event):
+        try:  # any rank: beyond the first rows the board shows a window (wan2.data.window)
+            check_move(event, old, check_rank("new_rank", new))
+            if old is not None:
+                check_rank("old_rank", old)
+        except ValueError:
+            return None
+        if colour not in PALETTE:
             return None
         return {
             "event": event,

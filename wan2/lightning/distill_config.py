@@ -48,6 +48,8 @@ class DistillConfig(FlowMatchingConfig):
         check_int(f"{at}.round_steps", self.round_steps, 1)
         check_int(f"{at}.dm_steps", self.dm_steps, 0)
         check_num(f"{at}.dm_fake_lr_scale", self.dm_fake_lr_scale, 0)
+        if self.first_frame_p:  # the rounds and distribution matching are text-to-video only
+            err(f"{at}.first_frame_p: {self.first_frame_p} is not supported by distillation (allowed: 0)")
         if self.dm_teacher is not None and not (Path(str(self.dm_teacher)) / "model_index.json").is_file():
             err(
                 f"{at}.dm_teacher: {str(self.dm_teacher)!r} is not a diffusers export (no model_index.json; "
