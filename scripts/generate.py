@@ -34,7 +34,7 @@ from wan2.serve.events import event_lines as _event_lines
 from wan2.serve.events import one_line as _one_line
 from wan2.serve.events import parse_json as _parse_json
 from wan2.serve.events import user_field as _user_field
-from wan2.serve.journal import LOCK
+from wan2.serve.journal import lock_folder
 
 VIDEO_NAME = re.compile(r"^\d{5,}\.mp4$")  # the names this script gives its videos
 LEFTOVER = re.compile(r"^\.(\d{5,}|manifest\.jsonl)\.tmp-")  # temp names of a killed run's atomic writes
@@ -138,22 +138,7 @@ def prepare_out(out: Path, overwrite: bool):
 
     A folder holding an earlier run's videos or manifest.jsonl is refused unless ``--overwrite``; a lock file
     keeps two runs from writing into one folder; temp files of a killed run are removed."""
-    import fcntl
-
-    try:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out: {str(out)!r} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        lock = (out / LOCK).open("w")  # also proves the folder is writable
-    except OSError as err:
-        raise InputError(
-            f"--out: {str(out)!r}: cannot write there ({err.strerror or _one_line(err)})"
-        ) from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise InputError(f"--out: {str(out)!r}: another generate.py run is writing into it") from None
+    lock = lock_folder(out)  # also proves the folder is writable
     try:
         names = [p.name for p in out.iterdir()]
         for name in names:
