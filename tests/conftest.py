@@ -115,6 +115,13 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def no_rank_env(monkeypatch):
+    """No rank / worker variables from the environment the tests run in (a data pipeline reads them)."""
+    for k in ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """A random tiny Wan export with ``TINY_SAMPLING`` (built once per session, in the session's base temp dir)."""

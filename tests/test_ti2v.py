@@ -125,20 +125,26 @@ def repo_video(path: Path, image: Image.Image, **gen) -> np.ndarray:
     return ((video[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1).numpy()
 
 
-def test_stock_image_to_video_pipeline_gives_the_repo_samplers_video(ti2v_export):
-    index = json.loads((ti2v_export / "model_index.json").read_text())
-    assert index["expand_timesteps"] is True
-    pipe = WanImageToVideoPipeline.from_pretrained(ti2v_export)  # the export's WanPipeline index, as the 5B's
+def stock_video(export, **gen) -> np.ndarray:
+    """The board's video from stock diffusers ``WanImageToVideoPipeline`` (the export's WanPipeline index, as the
+    5B's): (F, H, W, 3) in [0, 1]."""
+    pipe = WanImageToVideoPipeline.from_pretrained(export)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.config.expand_timesteps and pipe.image_encoder is None
-    out = pipe(
+    return pipe(
         image=board(),
         prompt=PROMPT,
-        **GEN,
+        **gen,
         generator=torch.Generator().manual_seed(0),
         max_sequence_length=32,
         output_type="np",
-    ).frames[0]  # (F, H, W, 3) in [0, 1]
+    ).frames[0]
+
+
+def test_stock_image_to_video_pipeline_gives_the_repo_samplers_video(ti2v_export):
+    index = json.loads((ti2v_export / "model_index.json").read_text())
+    assert index["expand_timesteps"] is True
+    out = stock_video(ti2v_export, **GEN)  # (F, H, W, 3) in [0, 1]
     ours = repo_video(ti2v_export, board(), **GEN)
     assert out.shape == ours.shape == (9, 32, 32, 3)
     np.testing.assert_allclose(out, ours, atol=2e-4)
@@ -262,17 +268,7 @@ def test_wan22_ti2v_5b_config_trains_and_samples_the_first_frame_mode(standin_5b
     export = tmp_path / "run" / "export"
     assert json.loads((export / "model_index.json").read_text())["expand_timesteps"] is True
     gen = {**GEN, "num_frames": 9, "num_inference_steps": 2}
-    pipe = WanImageToVideoPipeline.from_pretrained(export)
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        image=board(),
-        prompt=PROMPT,
-        **gen,
-        generator=torch.Generator().manual_seed(0),
-        max_sequence_length=32,
-        output_type="np",
-    ).frames[0]
-    np.testing.assert_allclose(out, repo_video(export, board(), **gen), atol=2e-4)
+    np.testing.assert_allclose(stock_video(export, **gen), repo_video(export, board(), **gen), atol=2e-4)
     shutil.rmtree(tmp_path / "outputs", ignore_errors=True)
 
 

@@ -36,17 +36,7 @@ from wan2.data.ingest import scan_folder
 from wan2.data.video import write_mp4
 from wan2.lightning.data import VideoDataModule
 
-ENV = ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS", "LOCAL_RANK")
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for k in ENV:
-        monkeypatch.delenv(k, raising=False)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_rank_env")
 
 
 def ramp(path, n: int, h: int, w: int, fps: float = 8, caption: str | None = "auto") -> None:

@@ -26,18 +26,7 @@ RJ = {"num_frames": 5, "mix": {"rank_up": 1, "rank_down": 1, "hold": 1, "first_e
 SPEC = {"num_frames": 5, "height": 32, "width": 32}
 NUM, SHARD_SIZE = 16, 2  # 8 shards
 KEYS = {f"train-{i:08d}" for i in range(NUM)}
-ENV = ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS", "LOCAL_RANK")
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    """No rank / worker variables from the environment the tests run in."""
-    for k in ENV:
-        monkeypatch.delenv(k, raising=False)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_rank_env")
 
 
 @pytest.fixture(scope="module")
