@@ -315,11 +315,9 @@ def run(args, earlier: list[dict]) -> int:
     batch; with ``--overwrite`` the earlier run's files go at the end."""
     from tqdm import tqdm
 
-    from wan2.backbones.stack import BackboneError
     from wan2.export import atomic_write_text
-    from wan2.inference import NonFiniteVideoError, Wan2T2V, save_video
-    from wan2.lora.adapters import LoraFileError
-    from wan2.serve.engine import load_model
+    from wan2.inference import save_video
+    from wan2.serve.engine import generate_batch, load_model
     from wan2.serve.profiles import Planner, ladder
 
     _quiet_logging()
@@ -330,7 +328,6 @@ def run(args, earlier: list[dict]) -> int:
     out = Path(args.out)
     rows, failed = [], len(errors)
     written = set()  # file names this run wrote
-    scales = args.lora_scale if args.lora_scale is None or len(args.lora_scale) > 1 else args.lora_scale[0]
 
     def write_manifest() -> None:
         """This run's rows, plus the earlier run's rows whose videos are still there and not replaced yet."""
@@ -347,24 +344,19 @@ def run(args, earlier: list[dict]) -> int:
             ) from None
 
     bar = None  # made once a model has loaded: a refused model or LoRA prints one line only
+    student = None  # loaded once, with the first variant's model
     for variant, model_dir in variants.items():
         todo = [it for it in items if it["variant"] == variant]
         if not todo:
             continue
         try:
-            model = Wan2T2V.from_pretrained(
-                model_dir,
-                device=args.device,
-                dtype=args.dtype,
-                lora=args.lora or None,
-                lora_scales=scales,
-                offload=args.offload,
-            )
-        except (BackboneError, LoraFileError, ValueError, RuntimeError, OSError, AssertionError) as err:
-            if bar is not None:  # AssertionError: torch's "not compiled with CUDA" for --device cuda
+            model = load_model(model_dir, args)
+            if args.student and student is None:
+                student = load_model(args.student, args, lora=False)
+        except InputError:
+            if bar is not None:
                 bar.close()
-            raise InputError(_one_line(err, limit=2000)) from None
-        student = load_model(args.student, args, lora=False) if args.student else None
+            raise
         if bar is None:
             bar = tqdm(total=len(items), unit="video", file=sys.stderr)
         models = {"base": (model_dir, model), "student": (args.student, student)}
@@ -377,24 +369,9 @@ def run(args, earlier: list[dict]) -> int:
                 tqdm.write(pick.note, file=sys.stderr)
             chunk = todo[i : i + pick.batch]
             i += len(chunk)
-            try:
-                boards = [it.get("board") for it in chunk]
-                videos = pick.model.generate(
-                    [it["prompt"] for it in chunk],
-                    seed=[it["seed"] for it in chunk],
-                    **pick.kwargs,
-                    **({"image": boards} if any(boards) else {}),  # TI2V: each event's board as frame 0
-                )
-            except NonFiniteVideoError as err:  # keep the batch's finite videos, report the others
-                videos = err.videos
-                for j in err.bad:
-                    line = chunk[j]["line"]
-                    msg = "frames: NaN / Inf values (the model or a LoRA diverged); no mp4 written"
-                    tqdm.write(f"line {line}: failed: {msg}", file=sys.stderr)
-            except (ValueError, RuntimeError) as err:
-                videos = [None] * len(chunk)
-                for it in chunk:
-                    tqdm.write(f"line {it['line']}: failed: {_one_line(err)}", file=sys.stderr)
+            videos, problems = generate_batch(pick, chunk)  # each event's board as frame 0 (TI2V)
+            for j, msg in sorted(problems.items()):
+                tqdm.write(f"line {chunk[j]['line']}: failed: {msg}", file=sys.stderr)
             for it, video in zip(chunk, videos):
                 if video is None:
                     failed += 1
