@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from wan2.data.datasets import frames_to_video
 from wan2.lightning.data import RankJumpDataModule
 from wan2.lightning.encoder_config import EncoderObjectiveConfig
-from wan2.lightning.flow_module import warmup_cosine
+from wan2.lightning.optim import adamw, warmup_cosine
 from wan2.metrics.indomain import EncoderConfig, RankJumpEncoder, contrastive_loss, save_encoder
 
 log = logging.getLogger("wan2")
@@ -132,8 +132,10 @@ class EncoderModule(L.LightningModule):
         return {}
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            self.encoder.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        opt = adamw(
+            [{"params": list(self.encoder.parameters())}],
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
         )
         warm, total = max(1, self.hparams.warmup_steps), max(1, int(self.trainer.max_steps))
         floor = self.hparams.min_lr_ratio

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from wan2.backbones.stack import WanBackbone
+from wan2.lightning.optim import adamw
 from wan2.lightning.vae_config import VAEConfig
 
 
@@ -105,8 +106,8 @@ class VAEModule(L.LightningModule):
         return {}
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            [p for p in self.vae.parameters() if p.requires_grad],
+        opt = adamw(
+            [{"params": [p for p in self.vae.parameters() if p.requires_grad]}],
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
         )
