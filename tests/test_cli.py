@@ -97,6 +97,7 @@ def test_readme_stock_diffusers_snippet_runs_as_written(tmp_path):
 
 def test_debug_fast_dev_run_trains_one_batch(tmp_path):
     args = ["experiment=lora_rankup", "debug=fast_dev_run", "data.num_train=4", "data.batch_size=2"]
+    args += ["objective.compile=false"]  # one batch: compiling would take longer than the run
     args += [
         "callbacks.progress=null",
         f"paths.outputs_dir={tmp_path}/outputs",

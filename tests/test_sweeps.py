@@ -24,6 +24,7 @@ TINY = [
     "logger=csv",
     "threads=1",
     "trainer.precision=32-true",
+    "objective.compile=false",  # 2 steps: compiling would take longer than the run
 ]
 
 

@@ -21,6 +21,7 @@ RESUME_COMPARED = ("model", "objective", "lora", "data", "seed")
 TRAINER_COMPARED = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 RESUME_IGNORED = (
     "objective.sample",
+    "objective.compile",  # how the step runs, not what it computes
     "data.val_batch_size",
     "data.num_val",
     "data.num_workers",

@@ -26,6 +26,7 @@ from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.task
 from wan2.data.cache import StaleCacheError
 from wan2.export import atomic_write_text, card_info, record_train_run, remove_leftovers, write_model_cards
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
+from wan2.lightning.flow_module import compile_problem
 from wan2.lightning.loggers import LogStep, flat_config, train_run
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,
@@ -238,6 +239,9 @@ def train(cfg: DictConfig) -> dict:
 
         if (problem := fp8_problem(compute_device(cfg.trainer.get("accelerator")))) is not None:
             raise ConfigError(f"memory.{problem}")
+    if (cfg.get("objective") or {}).get("compile", False):  # Inductor needs a compiler before step 1
+        if (problem := compile_problem(compute_device(cfg.trainer.get("accelerator")))) is not None:
+            raise ConfigError(f"objective.compile: {problem}; set objective.compile=false")
     use_job_dir(cfg)  # -m: this job's own folder under hydra.sweep.dir
     _share_run_dir(cfg)
     out_dir = Path(cfg.paths.output_dir)

@@ -160,9 +160,9 @@ class DistillModule(FlowMatchingModule):
         return self._uncond.expand(like.shape[0], -1, -1)
 
     def _v(self, model, z, sigma, emb):
-        return model(hidden_states=z, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[
-            0
-        ].float()
+        return self.compiled(model)(
+            hidden_states=z, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False
+        )[0].float()
 
     def distill_loss(self, batch) -> tuple[torch.Tensor, Phase]:
         phase = self.phase_at(self.global_step)

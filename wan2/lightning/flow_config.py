@@ -69,6 +69,10 @@ class FlowMatchingConfig(ObjectiveSettings):
     # first frame in WanImageToVideoPipeline). 0: text-to-video only; Wan2.2's own code hints 0.2.
     first_frame_p: float = 0.0
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)  # validation / export sampling
+    # torch.compile the transformer's training forward + backward (Inductor; on a CPU it needs a C++ compiler).
+    # Validation sampling and the export stay eager. Pays on long runs: the first step compiles for about a
+    # minute, later ones are about 2x faster on the tiny base (docs/bench/README.md).
+    compile: bool = False
 
     def check(self, at: str) -> None:
         super().check(at)
@@ -88,6 +92,7 @@ class FlowMatchingConfig(ObjectiveSettings):
         check_num(f"{at}.text_lr_scale", self.text_lr_scale, 0)
         check_num(f"{at}.first_frame_p", self.first_frame_p, 0, 1)
         check_bool(f"{at}.train_text_encoder", self.train_text_encoder)
+        check_bool(f"{at}.compile", self.compile)
         check_choice(f"{at}.loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         check_choice(f"{at}.expert", self.expert, EXPERTS, none_ok=True)
         _nested(self, "timesteps", TimestepConfig, at)

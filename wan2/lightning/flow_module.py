@@ -29,6 +29,7 @@ from wan2.diffusion.flow import NUM_TRAIN_TIMESTEPS
 from wan2.lightning.ema import EMA
 from wan2.lightning.experts import expert_timesteps, experts_on, resolve_expert, routed_velocity
 from wan2.lightning.flow_config import FlowMatchingConfig
+from wan2.lightning.optim import adamw, warmup_cosine
 
 
 def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step: int, limit: int = 8) -> None:
@@ -43,17 +44,24 @@ def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step:
             )
 
 
-def warmup_cosine(warm: int, total: int, floor: float):
-    """LR multiplier per step: linear warm-up over ``warm`` steps, then cosine from 1 down to ``floor``."""
-    import math
+def compile_problem(device: str) -> str | None:
+    """Why ``torch.compile`` (Inductor) cannot build kernels for ``device`` here, or None: a CPU needs a C++
+    compiler (``$CXX`` or g++), a CUDA GPU needs Triton. Checked before a run with ``objective.compile`` starts."""
+    import shutil
 
-    def schedule(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        p = min(1.0, (step - warm) / max(1, total - warm))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    if device.startswith("cuda"):
+        from torch.utils._triton import has_triton
 
-    return schedule
+        return None if has_triton() else "torch.compile on a GPU needs Triton, which is not installed"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        cxx = get_cpp_compiler()
+    except Exception as err:  # noqa: BLE001  (Inductor raises its own errors when no compiler is found)
+        return f"torch.compile on a CPU needs a C++ compiler: {err}"
+    if shutil.which(cxx) is None and not Path(cxx).is_file():
+        return f"torch.compile on a CPU needs a C++ compiler; {cxx!r} (or $CXX) is not installed"
+    return None
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -87,6 +95,7 @@ class FlowMatchingModule(L.LightningModule):
         self.configure_trainable()
         self.ema = EMA(self._trainable(), cfg.ema_decay) if cfg.ema_decay > 0 else None
         self._empty_emb = None  # the embedding of "" for caption dropout with cached text (encoded once)
+        self._compiled: dict[int, torch.nn.Module] = {}  # id(transformer) -> its compiled twin (``compiled``)
 
     def configure_trainable(self) -> None:
         """Hook: which transformer weights train (all here; adapters only in LoRAModule)."""
@@ -125,6 +134,15 @@ class FlowMatchingModule(L.LightningModule):
             if m is not None
         ]
 
+    def compiled(self, model: torch.nn.Module | None) -> torch.nn.Module | None:
+        """``model``, or while training with ``objective.compile`` its ``torch.compile`` twin (made once, same
+        weights, so the EMA swap and checkpoints see no difference); sampling and export run ``model`` eagerly."""
+        if model is None or not (self.hparams.get("compile", False) and self.training):
+            return model
+        if id(model) not in self._compiled:
+            self._compiled[id(model)] = torch.compile(model)
+        return self._compiled[id(model)]
+
     def velocity(
         self,
         zt: torch.Tensor,
@@ -140,9 +158,8 @@ class FlowMatchingModule(L.LightningModule):
             timestep = token_timesteps(
                 sigma * NUM_TRAIN_TIMESTEPS, zt.shape[-3:], self.backbone.patch_size, first_frame
             )  # (B, L)
-        return routed_velocity(
-            self.transformer, self.transformer_2, zt, sigma, cond, self.backbone.boundary_ratio, timestep
-        )
+        high, low = self.compiled(self.transformer), self.compiled(self.transformer_2)
+        return routed_velocity(high, low, zt, sigma, cond, self.backbone.boundary_ratio, timestep)
 
     def first_frame_draw(self, batch, size: int) -> torch.Tensor | None:
         """(B,) bool: the samples conditioned on their first latent frame (share ``first_frame_p``), or None."""
@@ -284,7 +301,7 @@ class FlowMatchingModule(L.LightningModule):
         return groups
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
+        opt = adamw(
             self.param_groups(),
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
