@@ -66,16 +66,6 @@ def split_args(argv: list[str]) -> tuple[dict, list[str], bool]:
     return knobs, overrides, as_json
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import wan2.config_resolvers  # noqa: F401  (registers ${wan2.auto_precision:...} and friends)
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
-
-
 def presets() -> list[str]:
     return sorted(p.stem for p in (ROOT / "configs" / "memory").glob("*.yaml"))
 
@@ -84,6 +74,7 @@ def pick_memory(overrides: list[str], kwargs: dict) -> dict:
     """``memory=auto``: the plan of every preset; the one returned is the fastest (seconds per step, with the
     configured checkpointing; on a tie the one without fp8, then with fewer swapped blocks) that fits
     ``gpu_memory_gb``, with every candidate under ``memory_candidates``."""
+    from wan2.config_resolvers import compose
     from wan2.plan import PlanError, plan_from_config
 
     plans, refused = {}, {}
@@ -157,6 +148,7 @@ def main(argv: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from wan2.backbones.stack import BackboneError
+    from wan2.config_resolvers import compose
     from wan2.plan import PlanError, format_plan, plan_from_config
 
     out = knobs.pop("out", None)

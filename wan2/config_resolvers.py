@@ -72,3 +72,15 @@ def register() -> None:
 
 
 register()
+
+
+def compose(overrides: list[str] = (), config_name: str = "train"):
+    """``configs/<config_name>.yaml`` composed with ``overrides`` as ``train.py`` composes it (no run folder):
+    for scripts that build what a training run would (``scripts/plan.py``, ``scripts/bench.py``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
