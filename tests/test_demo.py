@@ -89,3 +89,19 @@ def test_from_scratch_times_the_vae_and_base_stages(tmp_path, stubbed):
         "experiment=vae_tiny_decoder",
         "experiment=pretrain_tiny",
     ]
+
+
+@pytest.mark.parametrize(
+    "problem", [None, "torch.compile on a CPU needs a C++ compiler; 'g++' is not installed"]
+)
+def test_the_lora_compiles_its_step_where_a_compiler_exists(tmp_path, stubbed, capsys, monkeypatch, problem):
+    import wan2.lightning.flow_module as flow_module
+
+    monkeypatch.setattr(flow_module, "compile_problem", lambda device: problem)
+    calls, _ = stubbed
+    assert demo.main(["--outputs", str(tmp_path)]) == 0
+    (lora,) = [c for c in calls if "experiment=lora_rankup" in c]
+    assert "trainer.max_steps=500" in lora and "objective.lr=3e-3" in lora
+    assert ("objective.compile=false" in lora) == (problem is not None)  # else the experiment's compile: true
+    note = "the LoRA trains without torch.compile"
+    assert (note in capsys.readouterr().out) == (problem is not None)

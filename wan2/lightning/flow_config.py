@@ -71,7 +71,7 @@ class FlowMatchingConfig(ObjectiveSettings):
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)  # validation / export sampling
     # torch.compile the transformer's training forward + backward (Inductor; on a CPU it needs a C++ compiler).
     # Validation sampling and the export stay eager. Pays on long runs: the first step compiles for about a
-    # minute, later ones are about 2x faster on the tiny base (docs/bench/README.md).
+    # minute, later ones are 1.3x faster on the demo's LoRA step (docs/bench/README.md).
     compile: bool = False
 
     def check(self, at: str) -> None:
