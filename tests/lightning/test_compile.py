@@ -67,6 +67,10 @@ def test_fused_adamw_takes_torchs_default_step():
     for a, b in zip(p_default, p_ours):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     assert not fused_ok([torch.zeros(2, dtype=torch.int64)])  # not a float: torch's default implementation
+    # bf16-mixed: Lightning refuses gradient clipping with an optimizer that unscales internally (fused)
+    assert not adamw([{"params": [torch.nn.Parameter(ws[0].clone())]}], precision="bf16-mixed").defaults[
+        "fused"
+    ]
 
 
 def test_compile_without_a_cxx_compiler_is_one_line(tmp_path):

@@ -134,6 +134,7 @@ class EncoderModule(L.LightningModule):
     def configure_optimizers(self):
         opt = adamw(
             [{"params": list(self.encoder.parameters())}],
+            precision=str(self.trainer.precision),
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
         )

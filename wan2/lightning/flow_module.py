@@ -303,6 +303,7 @@ class FlowMatchingModule(L.LightningModule):
     def configure_optimizers(self):
         opt = adamw(
             self.param_groups(),
+            precision=str(self.trainer.precision),
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
             weight_decay=self.hparams.weight_decay,

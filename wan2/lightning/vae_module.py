@@ -108,6 +108,7 @@ class VAEModule(L.LightningModule):
     def configure_optimizers(self):
         opt = adamw(
             [{"params": [p for p in self.vae.parameters() if p.requires_grad]}],
+            precision=str(self.trainer.precision),
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
         )
