@@ -349,18 +349,6 @@ def _move_backbone(backbone, device: str):
     return backbone
 
 
-def trainer_precision(device: str = "cpu") -> str:
-    """The precision the trainer config resolves to here (``configs/trainer/cpu.yaml`` or ``gpu.yaml``):
-    ``${wan2.auto_precision}``, or what ``$WAN2_PRECISION`` forces."""
-    from omegaconf import OmegaConf
-
-    from wan2.config_resolvers import register
-
-    register()  # the YAML holds ${wan2.auto_precision:...}
-    trainer = "gpu" if device.startswith("cuda") else "cpu"
-    return str(OmegaConf.load(ROOT / "configs" / "trainer" / f"{trainer}.yaml").precision)
-
-
 def bf16_autocast_supported(device: str = "cpu") -> bool:
     """Whether bf16 autocast runs natively here (CUDA bf16, or oneDNN bf16 kernels on the CPU)."""
     import torch
@@ -499,9 +487,9 @@ def bench_train(
     from wan2.lightning.optim import adamw
     from wan2.tasks import build_module
 
-    precision = trainer_precision(device)  # first: a bad $WAN2_PRECISION fails before the work
     trainer = "gpu" if device.startswith("cuda") else "cpu"
     cfg = compose([f"experiment={experiment}", f"trainer={trainer}", "logger=none"])
+    precision = str(cfg.trainer.precision)  # ${wan2.auto_precision}, or what $WAN2_PRECISION forces
     batch_size = batch_size or int(cfg.data.batch_size)
     compiled = bool(cfg.objective.get("compile", False)) if compile_step is None else compile_step
     rss0 = _rss_mb()
@@ -533,16 +521,16 @@ def bench_train(
     bf16 = precision.startswith("bf16")
     # name -> (module, optimizer, batch, bf16 autocast)
     variants = {
-        "wan2": (wan2, adamw(wan2.param_groups(), **opt_kw), cached, bf16),
+        "wan2": (wan2, adamw(wan2.param_groups(), precision, **opt_kw), cached, bf16),
         "naive": (naive, torch.optim.AdamW(naive.param_groups(), **opt_kw), raw, False),
     }
     if compiled:
-        variants["wan2_eager"] = (naive, adamw(naive.param_groups(), **opt_kw), cached, bf16)
+        variants["wan2_eager"] = (naive, adamw(naive.param_groups(), precision, **opt_kw), cached, bf16)
     bf16_ok = bf16_autocast_supported(device)
     if bf16_ok:  # the other precision, eager: is the trainer's choice the faster one here?
         variants["wan2_eager_bf16" if not bf16 else "wan2_eager_fp32"] = (
             naive,
-            adamw(naive.param_groups(), **opt_kw),
+            adamw(naive.param_groups(), "32-true" if bf16 else "bf16-mixed", **opt_kw),
             cached,
             not bf16,
         )

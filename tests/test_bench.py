@@ -68,10 +68,13 @@ def test_bad_forced_precision_is_one_line_before_any_work(tmp_path):
 
 
 def test_trainer_precision_follows_the_env(monkeypatch):
+    """The precision bench_train reports is the composed trainer config's, which $WAN2_PRECISION forces."""
+    from wan2.config_resolvers import compose
+
     monkeypatch.setenv("WAN2_PRECISION", "bf16-mixed")
-    assert bench.trainer_precision("cpu") == "bf16-mixed"
+    assert compose(["trainer=cpu"]).trainer.precision == "bf16-mixed"
     monkeypatch.delenv("WAN2_PRECISION")
-    assert bench.trainer_precision("cpu") == "32-true"
+    assert compose(["trainer=cpu"]).trainer.precision == "32-true"
 
 
 def test_distill_counts_100_vs_4_forwards():
