@@ -199,7 +199,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from wan2.startup import StartupPreempted, report
+    from wan2.startup import StartupPreempted, finished, report
 
     try:
         problem = (
@@ -211,6 +211,7 @@ if __name__ == "__main__":
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
         main()
+        finished()  # a late SIGUSR1 / SIGTERM must not kill the exiting process
     except StartupPreempted as err:  # raised by the signal handler, wherever start-up was
         report(err)
         sys.exit(err.code)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 def compile_override() -> list[str]:
     """``objective.compile=false`` where torch.compile cannot build CPU kernels (no C++ compiler), with a note;
     else nothing (the LoRA experiment compiles its step: about a minute once, then 1.6x faster steps)."""
-    from wan2.lightning.flow_module import compile_problem
+    from wan2.lightning.compile import compile_problem
 
     if (problem := compile_problem("cpu")) is None:
         return []

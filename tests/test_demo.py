@@ -95,9 +95,9 @@ def test_from_scratch_times_the_vae_and_base_stages(tmp_path, stubbed):
     "problem", [None, "torch.compile on a CPU needs a C++ compiler; 'g++' is not installed"]
 )
 def test_the_lora_compiles_its_step_where_a_compiler_exists(tmp_path, stubbed, capsys, monkeypatch, problem):
-    import wan2.lightning.flow_module as flow_module
+    import wan2.lightning.compile as compile_
 
-    monkeypatch.setattr(flow_module, "compile_problem", lambda device: problem)
+    monkeypatch.setattr(compile_, "compile_problem", lambda device: problem)
     calls, _ = stubbed
     assert demo.main(["--outputs", str(tmp_path)]) == 0
     (lora,) = [c for c in calls if "experiment=lora_rankup" in c]

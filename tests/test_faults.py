@@ -29,6 +29,7 @@ from wan2.lightning.reliability import (
 )
 
 STEPS = 16
+HOLD = ["+callbacks.faults._target_=wan2.testing.FaultInjector", "+callbacks.faults.hold_s=120"]
 
 
 def tiny_run_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -160,7 +161,11 @@ def test_killed_and_preempted_run_resumes_bitwise_equal(reference):
     survived, killed_at, first_id = [], [], None
     for step, sig in plan:
         before = ckpt_step(last)
-        code, err = interrupt_at(args, last, step, sig, env=env)
+        # the run waits after that step's checkpoint until the signal came: it cannot finish first (a slow poll
+        # under load once saw the checkpoint of step 14 while the run was already exiting after step 16)
+        step = max(step, before + 1)
+        hold = [*HOLD, f"+callbacks.faults.hold_steps=[{step}]"]
+        code, err = interrupt_at([*args, *hold], last, step, sig, env=env)
         if sig == signal.SIGKILL:
             assert code == -signal.SIGKILL, f"run was not killed at step {step} (exit {code}): {err[-2000:]}"
         else:  # preemption: a clean exit 75 with a one-line message, the checkpoint is on disk

@@ -113,6 +113,9 @@ class Runs:
                     "callbacks.progress=null",
                     "logger=csv",
                     "threads=1",
+                    # fp32 pinned: the fused export is compared with stock diffusers at 1e-4; under bf16-mixed the
+                    # frozen base is stored in bf16 (memory.frozen_dtype=auto) and the fused export carries that
+                    "trainer.precision=32-true",
                     f"paths.outputs_dir={self.root}/outputs",
                     f"paths.output_dir={out}",
                     *(["objective.fuse=true", "objective.ema_decay=0.5"] if objective == "lora" else []),

@@ -251,3 +251,25 @@ def test_unwritable_cache_dir_is_one_line_before_encoding(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="data.cache_dir: cannot write"):
         build_latent_cache(_TinyBackbone(), [], blocker / "cache" / "c1")
+
+
+def test_a_signal_after_the_run_finished_does_not_kill_it():
+    """Once train.py's work is done (``startup.finished``), SIGUSR1 / SIGTERM are ignored: the process exits with
+    its own code. Before that call the same signal stops it with exit 75."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from wan2 import startup\n"
+        "startup.install_preemption_handlers()\n"
+        "if sys.argv[1] == 'finished':\n"
+        "    startup.finished()\n"
+        "for sig in (signal.SIGUSR1, signal.SIGTERM):\n"
+        "    os.kill(os.getpid(), sig)\n"
+        "    time.sleep(0.05)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "finished"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    running = subprocess.run(
+        [sys.executable, "-c", code, "running"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert running.returncode == startup.PREEMPTED_EXIT_CODE, running.stderr

@@ -152,6 +152,19 @@ def take_back(when: str, then: str) -> None:
     _state.when, _state.then = when, then
 
 
+def finished() -> None:
+    """The run's work is on disk: from now on SIGTERM / SIGUSR1 are ignored (main thread only). Python resets a
+    signal with a handler to its default while it exits, so a scheduler's warning that arrives then would
+    otherwise kill a finished run (exit -10 for SIGUSR1) and mark the job failed."""
+    for name in SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except ValueError:  # not the main thread
+                pass
+
+
 # ----------------------------------------------------------------------------- output folders
 def dir_problem(path: str | os.PathLike) -> str | None:
     """None when the folder ``path`` exists and takes new entries or can be created, else why not.

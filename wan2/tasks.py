@@ -25,8 +25,8 @@ from wan2.backbones.stack import BackboneError, build_backbone
 from wan2.config_check import ConfigError  # noqa: F401  (re-exported: wan2.tasks.ConfigError)
 from wan2.data.cache import StaleCacheError
 from wan2.export import atomic_write_text, card_info, record_train_run, remove_leftovers, write_model_cards
+from wan2.lightning.compile import compile_problem
 from wan2.lightning.distributed import FSDP2Strategy, is_fsdp
-from wan2.lightning.flow_module import compile_problem
 from wan2.lightning.loggers import LogStep, flat_config, train_run
 from wan2.lightning.reliability import (
     PREEMPTED_EXIT_CODE,

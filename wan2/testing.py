@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -23,14 +24,27 @@ class FaultInjector(L.Callback):
     ``rm_checkpoints_steps``: the checkpoint folder is deleted while the checkpoint of that step is being saved
     (after Lightning collected it, before the file is written);
     ``blowup_steps``: every weight is multiplied by 1e30 after that step's update (a diverged run whose huge
-    but finite weights get checkpointed).
+    but finite weights get checkpointed);
+    ``hold_steps``: once that step's checkpoint is written, wait (up to ``hold_s``) until a stop is requested
+    (SIGTERM / SIGUSR1) before the next batch: a test's signal then lands mid-training, never after the last
+    step however slow the test is to send it.
 
         python train.py experiment=pretrain_tiny +callbacks.faults._target_=wan2.testing.FaultInjector \\
             +callbacks.faults.nan_input_steps=[10,11]
     """
 
-    def __init__(self, nan_input_steps=(), nan_grad_steps=(), rm_checkpoints_steps=(), blowup_steps=()):
+    def __init__(
+        self,
+        nan_input_steps=(),
+        nan_grad_steps=(),
+        rm_checkpoints_steps=(),
+        blowup_steps=(),
+        hold_steps=(),
+        hold_s: float = 120.0,
+    ):
         self.nan_input_steps = {int(s) for s in nan_input_steps}
+        self.hold_steps = {int(s) for s in hold_steps}
+        self.hold_s = float(hold_s)
         self.nan_grad_steps = {int(s) for s in nan_grad_steps}
         self.rm_checkpoints_steps = {int(s) for s in rm_checkpoints_steps}
         self.blowup_steps = {int(s) for s in blowup_steps}
@@ -50,6 +64,11 @@ class FaultInjector(L.Callback):
             shutil.rmtree(trainer.checkpoint_callback.dirpath, ignore_errors=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step in self.hold_steps:  # the previous step's checkpoint is on disk by now
+            self.hold_steps.discard(trainer.global_step)
+            deadline = time.monotonic() + self.hold_s
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.02)
         if trainer.global_step in self.nan_input_steps:
             for value in batch.values():
                 if torch.is_tensor(value) and value.is_floating_point():

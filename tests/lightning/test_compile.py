@@ -85,3 +85,69 @@ def test_compile_without_a_cxx_compiler_is_one_line(tmp_path):
         lines
     )
     assert "set objective.compile=false" in lines[-1] and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_narrow_matmuls_are_computed_transposed_with_the_same_values():
+    """A rank-4 LoRA linear's products as AOTAutograd's graphs hold them (aten.mm): the three with 4 output columns
+    (``x @ A^T``, ``g @ B`` on the way to ``x``'s gradient, ``lora_B``'s gradient ``g^T @ h``) become transposed
+    products; the values stay."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from wan2.lightning.compile import NARROW, TALL, CpuFastPaths
+
+    def lora(x, w, a, b, g):  # x (512, 128), w (128, 128), a (4, 128), b (128, 4), g (512, 128)
+        h = x @ a.t()  # (512, 4)
+        y = x @ w.t() + h @ b.t()  # (512, 128)
+        grad_b = g.t() @ h  # (128, 4)
+        grad_a = (g @ b).t() @ x  # (4, 128)
+        return y, grad_a, grad_b
+
+    def narrow(gm) -> int:
+        shapes = [n.meta["val"].shape for n in gm.graph.nodes if n.target is torch.ops.aten.mm.default]
+        return sum(n <= NARROW and m >= TALL for m, n in shapes)
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(*s, generator=g) for s in [(512, 128), (128, 128), (4, 128), (128, 4), (512, 128)]]
+    gm = make_fx(lora, tracing_mode="fake")(*args)
+    assert narrow(gm) == 3
+    CpuFastPaths()(gm.graph)
+    gm.recompile()
+    assert narrow(gm) == 0
+    for got, want in zip(gm(*args), lora(*args)):
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # the same sums, in another order
+
+
+def test_the_gelu_tanh_is_computed_with_a_sigmoid_in_the_compiled_step(monkeypatch):
+    """Inductor decomposes Wan's tanh GELU (forward and backward) into a ``tanh``, which ``CpuFastPaths`` computes
+    as ``2 sigmoid(2 z) - 1``: the compiled feed-forward gives the eager values and gradients."""
+    import wan2.lightning.compile as compile_
+
+    rewritten = []
+    rewrite = compile_.CpuFastPaths.tanh_by_sigmoid
+    monkeypatch.setattr(
+        compile_.CpuFastPaths,
+        "tanh_by_sigmoid",
+        staticmethod(lambda g, n: (rewritten.append(n), rewrite(g, n))),
+    )
+    torch.manual_seed(0)
+    ffn = torch.nn.Sequential(
+        torch.nn.Linear(16, 64), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(64, 16)
+    )
+    x = 3 * torch.randn(128, 16)
+
+    def run(model):
+        ffn.zero_grad()
+        out = model(x)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in ffn.parameters()]
+
+    want, want_grads = run(ffn)
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):  # no cached graph: the pass must run
+        got, got_grads = run(compile_.compile_for_training(ffn))
+    assert rewritten  # the forward's tanh (and the backward's, where it recomputes it)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -26,6 +26,7 @@ from wan2.diffusion import (
 )
 from wan2.diffusion.first_frame import first_frame_loss, paste_first_frame, token_timesteps
 from wan2.diffusion.flow import NUM_TRAIN_TIMESTEPS
+from wan2.lightning.compile import compile_for_training
 from wan2.lightning.ema import EMA
 from wan2.lightning.experts import expert_timesteps, experts_on, resolve_expert, routed_velocity
 from wan2.lightning.flow_config import FlowMatchingConfig
@@ -42,26 +43,6 @@ def log_samples_to_loggers(loggers, sample_dir: Path, captions: list[str], step:
             lg.log_video(
                 "samples/videos", [str(v) for v in videos], step=step, caption=captions[: len(videos)]
             )
-
-
-def compile_problem(device: str) -> str | None:
-    """Why ``torch.compile`` (Inductor) cannot build kernels for ``device`` here, or None: a CPU needs a C++
-    compiler (``$CXX`` or g++), a CUDA GPU needs Triton. Checked before a run with ``objective.compile`` starts."""
-    import shutil
-
-    if device.startswith("cuda"):
-        from torch.utils._triton import has_triton
-
-        return None if has_triton() else "torch.compile on a GPU needs Triton, which is not installed"
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
-    try:
-        cxx = get_cpp_compiler()
-    except Exception as err:  # noqa: BLE001  (Inductor raises its own errors when no compiler is found)
-        return f"torch.compile on a CPU needs a C++ compiler: {err}"
-    if shutil.which(cxx) is None and not Path(cxx).is_file():
-        return f"torch.compile on a CPU needs a C++ compiler; {cxx!r} (or $CXX) is not installed"
-    return None
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -140,7 +121,7 @@ class FlowMatchingModule(L.LightningModule):
         if model is None or not (self.hparams.get("compile", False) and self.training):
             return model
         if id(model) not in self._compiled:
-            self._compiled[id(model)] = torch.compile(model)
+            self._compiled[id(model)] = compile_for_training(model)
         return self._compiled[id(model)]
 
     def velocity(
