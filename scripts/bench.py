@@ -464,7 +464,7 @@ DEMO_EXPERIMENT = "lora_rankup"  # the demo's training stage (scripts/demo.py st
 def bench_train(
     experiment: str = DEMO_EXPERIMENT,
     batch_size: int | None = None,
-    steps: int = 6,
+    steps: int = 10,  # rounds: this CPU's speed comes in bursts, medians need a few
     warmup: int = 1,
     matmul_n: int = 1024,
     compile_step: bool | None = None,
