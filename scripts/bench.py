@@ -565,6 +565,7 @@ def bench_train(
             times[name].append(time.perf_counter() - t0)
         probes.append(matmul_gflops(matmul_n, device=device))
     sec = {name: _median(ts) for name, ts in times.items()}
+    round_ratios = [n / w for n, w in zip(times["naive"], times["wan2"], strict=True)]
     peak = _median(probes)
     m, opt, batch, bf = variants["wan2"]
     profile = op_profile(lambda: _train_step(m, opt, batch, bf, device), steps=min(3, steps))
@@ -585,6 +586,14 @@ def bench_train(
         "samples_per_s": {n: batch_size / s for n, s in sec.items()},
         "speedup_vs_naive": {n: sec["naive"] / s for n, s in sec.items() if n != "naive"},
         "speedup": sec["naive"] / sec["wan2"],  # the trainer's step vs the naive loop: the goal is >= 3
+        # the same ratio taken in each round (naive and wan2 ran back to back), and the rounds themselves: this
+        # CPU's speed drifts during a run, and the naive loop (VAE convolutions) slows more than the step
+        "speedup_per_round": {
+            "median": _median(round_ratios),
+            "min": min(round_ratios),
+            "max": max(round_ratios),
+        },
+        "s_per_round": {n: [round(t, 4) for t in ts] for n, ts in times.items()},
         "bf16_autocast_supported": bf16_ok,
         "bf16_over_fp32_speed": (
             None

@@ -19,20 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """``rank_up=0.02,hold=0.3`` -> ``{"rank_up": 0.02, "hold": 0.3}``."""
-    mix = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--mix: {part!r} is not event=weight")
-        try:
-            mix[name.strip()] = float(value)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"--mix: {value!r} is not a number") from err
-    return mix
-
-
 def model_multiple(model: str) -> int:
     """VAE spatial stride x transformer patch size of ``configs/model/<model>.yaml`` (or a YAML path)."""
     from omegaconf import OmegaConf
@@ -50,6 +36,8 @@ def model_multiple(model: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wan2.data.rankjump import parse_mix
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--rankjump", action="store_true", help="generate RankJump clips")

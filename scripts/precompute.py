@@ -20,20 +20,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """``rank_up=0.02,hold=0.3`` -> ``{"rank_up": 0.02, "hold": 0.3}``."""
-    mix = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--mix: {part!r} is not event=weight")
-        try:
-            mix[name.strip()] = float(value)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"--mix: {value!r} is not a number") from err
-    return mix
-
-
 def load_encoders(vae_dir: str | None, pipeline_dir: str | None, device: str):
     """A ``WanBackbone`` holding the VAE (and, from a pipeline, the text encoder) on ``device``."""
     from wan2.backbones.stack import WanBackbone, load_backbone, load_vae
@@ -66,6 +52,8 @@ def shard_info(pattern: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wan2.data.rankjump import parse_mix
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     enc = p.add_mutually_exclusive_group(required=True)
     enc.add_argument("--vae", metavar="DIR", help="a diffusers AutoencoderKLWan folder")

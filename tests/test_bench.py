@@ -45,6 +45,9 @@ def test_train_cli_writes_the_train_keys(tmp_path):
     for key in ("samples_per_s", "model_gflops", "mfu"):
         assert set(out[key]) == variants and all(v > 0 for v in out[key].values())
     assert out["speedup"] == out["speedup_vs_naive"]["wan2"] > 0
+    paired = out["speedup_per_round"]
+    assert 0 < paired["min"] <= paired["median"] <= paired["max"]
+    assert {len(ts) for ts in out["s_per_round"].values()} == {out["steps_timed"]}
     assert out["trainer_precision"] == "32-true"  # the CPU default
     assert 0 < out["trainable_params"] < 1e5  # LoRA adapters only
     assert out["transformer_gflop_per_step"] > 0

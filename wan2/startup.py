@@ -109,13 +109,7 @@ def install_preemption_handlers(signals: Iterable[str] = SIGNALS) -> None:
         _state.__init__()
     _state.pid = os.getpid()
     atexit.register(_report_at_exit)
-    for name in signals:
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            try:
-                _state.previous[sig] = signal.signal(sig, _handler)
-            except ValueError:  # not the main thread: nothing to install
-                pass
+    _state.previous.update(_set_handler(signals, _handler))
 
 
 def installed() -> bool:
@@ -156,13 +150,21 @@ def finished() -> None:
     """The run's work is on disk: from now on SIGTERM / SIGUSR1 are ignored (main thread only). Python resets a
     signal with a handler to its default while it exits, so a scheduler's warning that arrives then would
     otherwise kill a finished run (exit -10 for SIGUSR1) and mark the job failed."""
-    for name in SIGNALS:
+    _set_handler(SIGNALS, signal.SIG_IGN)
+
+
+def _set_handler(signals: Iterable[str], handler) -> dict:
+    """Set ``handler`` for each named signal this platform has; the handlers it replaced, by signal number.
+    Outside the main thread Python refuses, and nothing is set."""
+    previous = {}
+    for name in signals:
         sig = getattr(signal, name, None)
         if sig is not None:
             try:
-                signal.signal(sig, signal.SIG_IGN)
+                previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread
                 pass
+    return previous
 
 
 # ----------------------------------------------------------------------------- output folders

@@ -14,6 +14,7 @@ from wan2.data.rankjump import (
     combos,
     is_heldout,
     make_clip,
+    parse_mix,
     resolve_colour,
 )
 from wan2.data.reader import judge_meta
@@ -108,6 +109,16 @@ def test_mix_controls_the_events(metas_only):
     assert 0 < default["rank_up"] < 0.05 * 2000  # rare by default (2%)
     with pytest.raises(ValueError, match="mix"):
         RankJumpConfig(mix={"jump": 1})
+
+
+def test_mix_from_the_command_line_is_parsed_or_named():
+    import argparse
+
+    assert parse_mix("rank_up=1, hold=0.5,") == {"rank_up": 1.0, "hold": 0.5}
+    with pytest.raises(argparse.ArgumentTypeError, match="--mix: 'hold' is not event=weight"):
+        parse_mix("rank_up=1,hold")
+    with pytest.raises(argparse.ArgumentTypeError, match="--mix: 'lots' is not a number"):
+        parse_mix("rank_up=lots")
 
 
 @pytest.mark.parametrize("frames", [0, 4, 16, 18])

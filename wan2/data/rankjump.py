@@ -106,6 +106,23 @@ class BoardGeometry:
         return (y - self.margin) / self.pitch + 0.5
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """``rank_up=0.02,hold=0.3`` -> ``{"rank_up": 0.02, "hold": 0.3}``: a ``--mix`` command-line value (the
+    event names are checked where ``RankJumpConfig`` is built)."""
+    import argparse
+
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--mix: {part!r} is not event=weight")
+        try:
+            mix[name.strip()] = float(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"--mix: {value!r} is not a number") from err
+    return mix
+
+
 @dataclass(frozen=True)
 class RankJumpConfig:
     """Size and look of generated clips. Frames must be 4k+1 (the Wan VAE keeps the first frame alone)."""
